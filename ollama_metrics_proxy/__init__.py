@@ -1,0 +1,3 @@
+"""A transparent metrics proxy in front of Ollama."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""Command-line entry point: ``ollama-metrics-proxy`` and ``python -m ollama_metrics_proxy``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+
+from ollama_metrics_proxy import __version__
+from ollama_metrics_proxy.config import build_arg_parser, environment, load_config
+from ollama_metrics_proxy.logs import setup_logging
+from ollama_metrics_proxy.server import StartupError, probe_listen, run
+
+PROG = "ollama-metrics-proxy"
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    if args.version:
+        print(f"{PROG} {__version__}")
+        return 0
+    config, errors = load_config(args, environ if environ is not None else environment())
+    if config is not None and args.check_config:
+        errors += [
+            f"{flag} cannot listen on {address}: {problem}"
+            for flag, address in (("--listen", config.listen), ("--metrics-listen", config.metrics_listen))
+            if (problem := probe_listen(address)) is not None
+        ]
+    if errors or config is None:
+        for problem in errors:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"{PROG}: configuration is valid")
+        for key, value in config.summary().items():
+            print(f"  {key} = {value}")
+        return 0
+    setup_logging(config.log_level, config.log_format)
+    try:
+        run(config)
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,259 @@
+"""Configuration: command-line flags with environment fallback, validated into a frozen dataclass.
+
+Precedence is flag > environment > default. Every flag has an environment variable named
+``OLLAMA_METRICS_PROXY_<FLAG>``; Ollama's own ``OLLAMA_HOST`` is read only as a fallback for the upstream,
+because it is also Ollama's bind address and the clients' target (see ``upstream_from_ollama_host``).
+Validation never stops at the first problem: ``load_config`` returns every error it found, one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "OLLAMA_METRICS_PROXY_"
+DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+DEFAULT_LISTEN = "127.0.0.1:11435"
+# 9100-9999 is the exporters' range; 9100, 9400, 9497, 9835 and 9464 (OpenTelemetry) are taken by exporters
+# an Ollama host is likely to run beside us.
+DEFAULT_METRICS_PORT = 9934
+DEFAULT_METRICS_LISTEN = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+OLLAMA_DEFAULT_PORT = 11434
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """One problem with one setting; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: str = DEFAULT_UPSTREAM
+    listen: HostPort = HostPort("127.0.0.1", 11435)
+    metrics_listen: HostPort = HostPort("127.0.0.1", DEFAULT_METRICS_PORT)
+    connect_timeout: float = 10.0
+    max_models: int = 100
+    ollama_poll_interval: float = 15.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def summary(self) -> dict[str, Any]:
+        """The effective configuration, for the start-up log line."""
+        return {
+            "upstream": self.upstream,
+            "listen": str(self.listen),
+            "metrics_listen": str(self.metrics_listen),
+            "connect_timeout": self.connect_timeout,
+            "max_models": self.max_models,
+            "ollama_poll_interval": self.ollama_poll_interval,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+        }
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def parse_upstream(text: str) -> str:
+    """An http(s) base URL; a path prefix is kept, a trailing slash dropped."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"must be an http:// or https:// URL, got {text!r}")
+    if not parts.hostname:
+        raise ConfigError(f"has no host: {text!r}")
+    try:
+        parts.port  # noqa: B018 - property access validates the port
+    except ValueError:
+        raise ConfigError(f"has a bad port: {text!r}") from None
+    if parts.query or parts.fragment:
+        raise ConfigError(f"must not have a query or fragment: {text!r}")
+    return text.strip().rstrip("/")
+
+
+def upstream_from_ollama_host(value: str) -> str:
+    """Interpret ``OLLAMA_HOST`` the way Ollama's clients do, mapping a wildcard bind address to loopback."""
+    value = value.strip()
+    scheme = "http"
+    if "://" in value:
+        scheme, value = value.split("://", 1)
+    value = value.rstrip("/")
+    host_port, _, path = value.partition("/")
+    host, port = _split_host_port(host_port, default_port=OLLAMA_DEFAULT_PORT)
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    shown_host = f"[{host}]" if ":" in host else host
+    suffix = f"/{path}" if path else ""
+    return parse_upstream(f"{scheme}://{shown_host}:{port}{suffix}")
+
+
+def _split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ConfigError(f"unclosed '[' in {text!r}")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ConfigError(f"write an IPv6 address in brackets, like [::1]:11435, got {text!r}")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"needs a port, like 127.0.0.1:11435, got {text!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"has a bad port {port_text!r} (0-65535)")
+    return host, int(port_text)
+
+
+def parse_listen(text: str) -> HostPort:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); port 0 picks a free port."""
+    host, port = _split_host_port(text.strip())
+    if not host:
+        raise ConfigError(f"needs a host, like 127.0.0.1:{port} or 0.0.0.0:{port}, got {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not all(part.isalnum() or "-" in part for part in host.split(".")):
+            raise ConfigError(f"has a bad host {host!r}") from None
+    return HostPort(host, port)
+
+
+def parse_positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def choice(options: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ConfigError(f"must be one of {', '.join(options)}; got {text!r}")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------- option table
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    flag: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("upstream", "--upstream", parse_upstream, DEFAULT_UPSTREAM,
+           "Ollama base URL to forward to (OLLAMA_HOST is used when neither flag nor variable is set)"),
+    Option("listen", "--listen", parse_listen, DEFAULT_LISTEN,
+           "address for the Ollama API that clients connect to"),
+    Option("metrics_listen", "--metrics-listen", parse_listen, DEFAULT_METRICS_LISTEN,
+           "address for /metrics, /-/healthy and /-/ready"),
+    Option("connect_timeout", "--connect-timeout", parse_positive_float, "10",
+           "seconds to wait for a TCP connection to the upstream (there is no total or read timeout)"),
+    Option("max_models", "--max-models", parse_positive_int, "100",
+           "distinct model label values before new models are reported as 'other'"),
+    Option("ollama_poll_interval", "--ollama-poll-interval", parse_positive_float, "15",
+           "seconds between polls of the upstream's /api/version for readiness"),
+    Option("log_level", "--log-level", choice(LOG_LEVELS), "info", "debug logs one line per request"),
+    Option("log_format", "--log-format", choice(LOG_FORMATS), "text", "text or json (one object per line)"),
+)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit status 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="ollama-metrics-proxy",
+        description="Transparent metrics proxy for Ollama. Every flag can also be set through the environment "
+        f"variable shown in brackets; flags win.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag, dest=option.field, default=None, metavar="VALUE",
+            help=f"{option.help} [{option.env}, default {option.default}]",
+        )
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print every problem, and exit (0 when valid)")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config | None, list[str]]:
+    """Merge flags, environment and defaults; return the config, or None and every problem found."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for option in OPTIONS:
+        raw, source = _raw_value(option, args, environ)
+        try:
+            values[option.field] = option.parse(raw)
+        except ConfigError as exc:
+            errors.append(f"{source} {exc}")
+    if not errors and values["listen"] == values["metrics_listen"] and values["listen"].port != 0:
+        errors.append(f"--listen and --metrics-listen are both {values['listen']}; give them different ports")
+    if errors:
+        return None, errors
+    return Config(**values), []
+
+
+def _raw_value(option: Option, args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
+    flag_value = getattr(args, option.field)
+    if flag_value is not None:
+        return flag_value, option.flag
+    if option.env in environ:
+        return environ[option.env], option.env
+    if option.field == "upstream" and environ.get("OLLAMA_HOST"):
+        return upstream_from_ollama_host_raw(environ["OLLAMA_HOST"]), "OLLAMA_HOST"
+    return option.default, f"default for {option.flag}"
+
+
+def upstream_from_ollama_host_raw(value: str) -> str:
+    """Like ``upstream_from_ollama_host`` but returns the raw text on failure so the error names it."""
+    try:
+        return upstream_from_ollama_host(value)
+    except ConfigError:
+        return value
+
+
+def environment() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,72 @@
+"""One proxied request as the proxy saw it, and the fixed set of ways it can end."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ollama_metrics_proxy.endpoints import Dialect, dialect_of
+from ollama_metrics_proxy.observe import Observation
+
+
+class Outcome(enum.StrEnum):
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # Ollama answered 4xx
+    SERVER_ERROR = "server_error"  # Ollama answered 5xx
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"  # no connection to Ollama; the client got our 502
+    UPSTREAM_ERROR = "upstream_error"  # an in-band error, a cut connection, or a stream without its final object
+    ABORTED = "aborted"  # the client went away first
+    TIMEOUT = "timeout"  # connecting to Ollama took longer than --connect-timeout; the client got our 504
+
+
+class Phase(enum.StrEnum):
+    BEFORE_FIRST_TOKEN = "before_first_token"
+    STREAMING = "streaming"
+
+
+@dataclass
+class Exchange:
+    endpoint: str
+    method: str
+    path: str
+    started: float
+    request_model: str | None = None
+    status: int = 0
+    content_type: str = ""
+    streaming: bool = False
+    outcome: Outcome | None = None
+    ended: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client: str = ""
+    observation: Observation = field(default_factory=Observation)
+
+    def finish(self, outcome: Outcome, ended: float) -> None:
+        """Set the outcome unless an earlier, more specific one was already set."""
+        if self.outcome is None:
+            self.outcome = outcome
+        self.ended = ended
+
+    @property
+    def model(self) -> str | None:
+        """The model the response names, else the one the request named."""
+        return self.observation.model or self.request_model
+
+    @property
+    def disconnect_phase(self) -> Phase:
+        started = self.observation.first_content_at is not None
+        return Phase.STREAMING if started else Phase.BEFORE_FIRST_TOKEN
+
+
+def outcome_for_response(exchange: Exchange) -> Outcome:
+    """How a response that was relayed to the end went."""
+    obs = exchange.observation
+    if exchange.status >= 500:
+        return Outcome.SERVER_ERROR
+    if exchange.status >= 400:
+        return Outcome.CLIENT_ERROR
+    if obs.error is not None:
+        return Outcome.UPSTREAM_ERROR
+    if exchange.streaming and dialect_of(exchange.endpoint) is not Dialect.NONE and not obs.complete:
+        return Outcome.UPSTREAM_ERROR
+    return Outcome.SUCCESS

@@ -1,0 +1,67 @@
+"""Bounded label values: the model-name guard and the finish-reason set."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+OTHER = "other"
+NO_MODEL = "none"  # requests that name no model (/api/tags, /api/version, ...)
+
+# Reasons Ollama's three dialects report; anything else is folded into "other".
+FINISH_REASONS = frozenset({
+    "stop", "length", "load", "unload",  # native done_reason
+    "tool_calls", "content_filter",  # OpenAI finish_reason
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",  # Anthropic stop_reason
+    "max_output_tokens", "incomplete",  # OpenAI Responses incomplete_details.reason
+})
+
+
+def normalize_model(name: str) -> str:
+    """``llama3.2`` and ``llama3.2:latest`` are the same model to Ollama, so they share one label value."""
+    name = name.strip()
+    last_segment = name.rsplit("/", 1)[-1]
+    return name if ":" in last_segment else f"{name}:latest"
+
+
+def finish_reason_label(reason: str) -> str:
+    return reason if reason in FINISH_REASONS else OTHER
+
+
+class ModelLabels:
+    """Hands out at most ``limit`` distinct model label values; later names become ``other``.
+
+    A name only earns its own value from a successful response (``may_add``), so typos and models Ollama
+    rejected with 404 never use up the budget. Installed models (``admit``) always get their own value.
+    """
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def resolve(self, name: str | None, *, may_add: bool) -> str:
+        if not name:
+            return NO_MODEL
+        label = normalize_model(name)
+        if label in self._known:
+            return label
+        if not may_add:
+            return OTHER
+        with self._lock:
+            if label in self._known:
+                return label
+            if len(self._known) < self._limit:
+                self._known.add(label)
+                return label
+        self._on_overflow()
+        return OTHER
+
+    def admit(self, names: Iterable[str]) -> None:
+        """Give these names their own values even past the limit (they are installed, so bounded by disk)."""
+        with self._lock:
+            self._known.update(normalize_model(name) for name in names if name)
+
+    def __len__(self) -> int:
+        return len(self._known)

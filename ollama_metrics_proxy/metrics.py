@@ -1,0 +1,185 @@
+"""Every metric the proxy derives from traffic, defined in one place on an injected registry.
+
+Names follow Prometheus conventions (base units, ``_total`` counters, no colons). Bucket sets are chosen for
+LLM work (see the README's metric table): cold model loads take minutes and long generations an hour, so every
+latency histogram reaches far past the client library's 10 s default.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ollama_metrics_proxy import __version__
+from ollama_metrics_proxy.observe import INTER_TOKEN_BUCKETS
+
+REQUEST_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0,
+)
+TIME_TO_FIRST_TOKEN_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
+)
+# Ollama's own phases: prompt evaluation can take milliseconds, a cold load of a large model minutes.
+PHASE_DURATION_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0,
+)
+TOKEN_COUNT_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+TOKENS_PER_SECOND_BUCKETS = (
+    1, 2.5, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+)
+
+ENDPOINT_MODEL = ("endpoint", "model")
+
+# One series per counter is enough: `_created` samples would double the series count for no query we need.
+disable_created_metrics()
+
+
+class MergedHistogram(Collector):
+    """A histogram fed with whole per-request bucket counts (``merge``) instead of one ``observe`` per value.
+
+    Inter-token gaps arrive once per generated chunk; counting them locally during the stream and merging once
+    per request keeps prometheus_client (and its lock) out of the relay loop.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = list(labelnames)
+        self._bounds = [_bound_text(bound) for bound in buckets] + ["+Inf"]
+        self._series: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def merge(self, labelvalues: tuple[str, ...], counts: Sequence[int], total: float) -> None:
+        with self._lock:
+            current, current_total = self._series.get(labelvalues, ([0] * len(self._bounds), 0.0))
+            merged = [a + b for a, b in zip(current, counts, strict=True)]
+            self._series[labelvalues] = (merged, current_total + total)
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            series = list(self._series.items())
+        for labelvalues, (counts, total) in series:
+            cumulative, buckets = 0, []
+            for bound, count in zip(self._bounds, counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric(list(labelvalues), buckets, total)
+        return [family]
+
+
+def _bound_text(bound: float) -> str:
+    return repr(float(bound))
+
+
+class TrafficMetrics:
+    """The families recorded once per proxied request, plus the proxy's own health counters."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: Sequence[str] = ENDPOINT_MODEL) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str, buckets: Sequence[float],
+                      labels: Sequence[str] = ENDPOINT_MODEL) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.requests = counter(
+            "ollama_requests_total", "Requests relayed to Ollama, by how they ended.",
+            (*ENDPOINT_MODEL, "outcome"))
+        self.in_flight = Gauge(
+            "ollama_requests_in_flight", "Requests relayed to Ollama that have not finished yet "
+            "(queued in Ollama or generating).", ENDPOINT_MODEL, registry=registry)
+        self.duration = histogram(
+            "ollama_request_duration_seconds",
+            "Time from the request's arrival at the proxy to the last byte of the response.",
+            REQUEST_DURATION_BUCKETS)
+        self.time_to_first_token = histogram(
+            "ollama_time_to_first_token_seconds",
+            "Streamed requests: time from the request's arrival to the first chunk carrying generated text, "
+            "thinking or a tool call.", TIME_TO_FIRST_TOKEN_BUCKETS)
+        self.inter_token_latency = MergedHistogram(
+            "ollama_inter_token_latency_seconds",
+            "Streamed requests: gaps between consecutive chunks carrying generated content, as relayed.",
+            ENDPOINT_MODEL, INTER_TOKEN_BUCKETS, registry)
+        self.client_disconnects = counter(
+            "ollama_client_disconnects_total",
+            "Clients that went away before the response ended; the upstream generation was cancelled.",
+            (*ENDPOINT_MODEL, "phase"))
+        self.finished = counter(
+            "ollama_finished_requests_total",
+            "Generations that reported why they stopped (done_reason, finish_reason or stop_reason).",
+            (*ENDPOINT_MODEL, "reason"))
+        self.prompt_tokens = counter(
+            "ollama_prompt_tokens_total", "Prompt tokens Ollama reported (including cached ones).")
+        self.generation_tokens = counter(
+            "ollama_generation_tokens_total",
+            "Generated tokens Ollama reported; for a stream that ended early, the content chunks relayed.")
+        self.request_prompt_tokens = histogram(
+            "ollama_request_prompt_tokens", "Prompt tokens per request.", TOKEN_COUNT_BUCKETS)
+        self.request_generation_tokens = histogram(
+            "ollama_request_generation_tokens", "Generated tokens per request.", TOKEN_COUNT_BUCKETS)
+        self.cached_tokens = counter(
+            "ollama_prompt_cached_tokens_total",
+            "Prompt tokens served from cache, where the reply reports them (/v1 usage details).")
+        self.embedding_inputs = counter(
+            "ollama_embedding_inputs_total", "Inputs embedded (one per returned vector).", ("model",))
+        self.load_duration = histogram(
+            "ollama_load_duration_seconds",
+            "Ollama's load_duration: waiting for and loading the model (includes queueing).",
+            PHASE_DURATION_BUCKETS)
+        self.prompt_eval_duration = histogram(
+            "ollama_prompt_eval_duration_seconds", "Ollama's prompt_eval_duration: prefill of uncached prompt "
+            "tokens.", PHASE_DURATION_BUCKETS)
+        self.eval_duration = histogram(
+            "ollama_eval_duration_seconds", "Ollama's eval_duration: decoding the generated tokens.",
+            PHASE_DURATION_BUCKETS)
+        self.total_duration = histogram(
+            "ollama_total_duration_seconds", "Ollama's total_duration for the request.", PHASE_DURATION_BUCKETS)
+        self.load_seconds = counter(
+            "ollama_load_seconds_total", "Sum of Ollama's load_duration.")
+        self.prompt_eval_seconds = counter(
+            "ollama_prompt_eval_seconds_total", "Sum of Ollama's prompt_eval_duration; divide "
+            "ollama_prompt_tokens_total by it for prefill speed.")
+        self.eval_seconds = counter(
+            "ollama_eval_seconds_total", "Sum of Ollama's eval_duration; divide ollama_generation_tokens_total "
+            "by it for decode speed.")
+        self.generation_speed = histogram(
+            "ollama_generation_tokens_per_second", "Decode speed per request: eval_count / eval_duration.",
+            TOKENS_PER_SECOND_BUCKETS)
+        self.prompt_speed = histogram(
+            "ollama_prompt_tokens_per_second",
+            "Prefill speed per request: prompt_eval_count / prompt_eval_duration.", TOKENS_PER_SECOND_BUCKETS)
+
+        build = Gauge("ollama_metrics_proxy_build_info", "The proxy's version; always 1.",
+                      ("version", "python_version"), registry=registry)
+        build.labels(__version__, platform.python_version()).set(1)
+        self.parse_errors = Counter(
+            "ollama_metrics_proxy_parse_errors_total",
+            "Response lines or bodies the proxy could not parse (relayed unchanged all the same).",
+            ("endpoint",), registry=registry)
+        self.label_overflows = Counter(
+            "ollama_metrics_proxy_label_overflows_total",
+            "Label values folded into 'other' because the label reached its limit of distinct values.",
+            ("label",), registry=registry)
+        self.relayed_bytes = Counter(
+            "ollama_metrics_proxy_relayed_bytes_total", "Body bytes relayed, by direction.",
+            ("endpoint", "direction"), registry=registry)
+        self.internal_errors = Counter(
+            "ollama_metrics_proxy_internal_errors_total",
+            "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",
+            ("stage",), registry=registry)

@@ -1,0 +1,143 @@
+"""Read tokens, timings and reasons out of one parsed response object, per wire dialect.
+
+Every function tolerates missing or mistyped fields (Ollama omits zero values, and a misbehaving upstream may
+send anything): a field that is not the expected type is ignored rather than raising.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from ollama_metrics_proxy.observe.observation import Observation
+
+NANOSECONDS = 1e9
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+
+
+def find_model(data: bytes | bytearray) -> str | None:
+    """The first ``"model":"…"`` string value in raw JSON bytes, without parsing the whole document.
+
+    Inside JSON strings every quote is escaped, so a raw ``"model":"`` can only be a key.
+    """
+    match = _MODEL_FIELD.search(data)
+    if match is None:
+        return None
+    raw = match.group(1)
+    if b"\\" in raw:
+        try:
+            decoded = orjson.loads(b'"' + raw + b'"')
+        except orjson.JSONDecodeError:
+            return None
+        return decoded if isinstance(decoded, str) else None
+    return raw.decode("utf-8", "replace")
+
+
+def load_object(data: bytes | bytearray) -> dict[str, Any] | None:
+    """Parse one JSON object; None when it is not valid JSON or not an object."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _seconds(value: Any) -> float | None:
+    count = _int(value)
+    return None if count is None else count / NANOSECONDS
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def error_message(obj: dict[str, Any]) -> str | None:
+    """The message of a native ``{"error": "..."}`` or wrapped ``{"error": {"message": ...}}`` object."""
+    error = obj.get("error")
+    if isinstance(error, str):
+        return error or "error"
+    if isinstance(error, dict):
+        return _str(error.get("message")) or "error"
+    return None
+
+
+def apply_native(obs: Observation, obj: dict[str, Any]) -> None:
+    """A ``done: true`` object from /api/generate or /api/chat, or an /api/embed(dings) reply."""
+    obs.model = _str(obj.get("model")) or obs.model
+    obs.finish_reason = _str(obj.get("done_reason")) or obs.finish_reason
+    obs.prompt_tokens = _int(obj.get("prompt_eval_count"))
+    obs.generation_tokens = _int(obj.get("eval_count"))
+    obs.load_seconds = _seconds(obj.get("load_duration"))
+    obs.prompt_eval_seconds = _seconds(obj.get("prompt_eval_duration"))
+    obs.eval_seconds = _seconds(obj.get("eval_duration"))
+    obs.total_seconds = _seconds(obj.get("total_duration"))
+    if isinstance(obj.get("embeddings"), list):
+        obs.embedding_inputs = len(obj["embeddings"])
+    elif isinstance(obj.get("embedding"), list):
+        obs.embedding_inputs = 1
+
+
+def native_has_content(obj: dict[str, Any]) -> bool:
+    """Whether a native object carries generated text, thinking or tool calls."""
+    message = _dict(obj.get("message"))
+    return bool(
+        obj.get("response") or obj.get("thinking") or obj.get("tool_calls")
+        or message.get("content") or message.get("thinking") or message.get("tool_calls")
+    )
+
+
+def apply_openai(obs: Observation, obj: dict[str, Any]) -> None:
+    """An OpenAI chat/completions/embeddings object: a whole reply, a finish chunk or a usage chunk."""
+    obs.model = _str(obj.get("model")) or obs.model
+    for choice in obj.get("choices") or ():
+        reason = _str(_dict(choice).get("finish_reason"))
+        if reason:
+            obs.finish_reason = reason
+    usage = _dict(obj.get("usage"))
+    if usage:
+        obs.prompt_tokens = _int(usage.get("prompt_tokens"))
+        obs.generation_tokens = _int(usage.get("completion_tokens"))
+        cached = _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+        obs.cached_tokens = cached if cached is not None else obs.cached_tokens
+    if obj.get("object") == "list" and isinstance(obj.get("data"), list):
+        obs.embedding_inputs = len(obj["data"])
+
+
+def apply_openai_response(obs: Observation, response: dict[str, Any]) -> None:
+    """An OpenAI Responses API ``response`` object (the whole reply, or the one in response.completed)."""
+    obs.model = _str(response.get("model")) or obs.model
+    usage = _dict(response.get("usage"))
+    if usage:
+        obs.prompt_tokens = _int(usage.get("input_tokens"))
+        obs.generation_tokens = _int(usage.get("output_tokens"))
+        obs.cached_tokens = _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
+    status = response.get("status")
+    if status == "completed":
+        obs.finish_reason = "stop"
+    elif status == "incomplete":
+        obs.finish_reason = _str(_dict(response.get("incomplete_details")).get("reason")) or "incomplete"
+
+
+def apply_anthropic(obs: Observation, obj: dict[str, Any]) -> None:
+    """An Anthropic message (whole reply or message_start's ``message``) or a message_delta event."""
+    obs.model = _str(obj.get("model")) or obs.model
+    usage = _dict(obj.get("usage"))
+    if "input_tokens" in usage:
+        obs.prompt_tokens = _int(usage.get("input_tokens"))
+    if "output_tokens" in usage:
+        obs.generation_tokens = _int(usage.get("output_tokens"))
+    if "cache_read_input_tokens" in usage:
+        obs.cached_tokens = _int(usage.get("cache_read_input_tokens"))
+    reason = _str(obj.get("stop_reason")) or _str(_dict(obj.get("delta")).get("stop_reason"))
+    if reason:
+        obs.finish_reason = reason

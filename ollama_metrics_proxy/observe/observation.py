@@ -1,0 +1,69 @@
+"""What an observer learned from one response body, in base units (seconds, tokens)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+# Gaps between generated chunks, seconds. Local Ollama decodes at roughly 5-200 tokens/s, so most gaps sit
+# between 5 ms and 200 ms; the tail catches stalls (a busy GPU, a slow tool call parser).
+INTER_TOKEN_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+@dataclass
+class GapCounts:
+    """A per-request histogram of inter-token gaps, merged into the shared metric once at the end.
+
+    Recording a gap is one bisect and one increment, so the relay loop never calls into prometheus_client.
+    ``counts[i]`` counts gaps <= ``INTER_TOKEN_BUCKETS[i]``; the extra last slot is +Inf.
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(INTER_TOKEN_BUCKETS) + 1))
+    total: float = 0.0
+    observations: int = 0
+
+    def add(self, gap: float) -> None:
+        self.counts[bisect_left(INTER_TOKEN_BUCKETS, gap)] += 1
+        self.total += gap
+        self.observations += 1
+
+
+@dataclass
+class Observation:
+    model: str | None = None
+    complete: bool = False  # the final object arrived: done:true, [DONE], message_stop, response.completed
+    error: str | None = None  # an in-band error (an NDJSON error line, response.failed, an SSE error event)
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    generation_tokens: int | None = None
+    cached_tokens: int | None = None
+    embedding_inputs: int | None = None
+    load_seconds: float | None = None
+    prompt_eval_seconds: float | None = None
+    eval_seconds: float | None = None
+    total_seconds: float | None = None
+    content_chunks: int = 0
+    first_content_at: float | None = None
+    last_content_at: float | None = None
+    gaps: GapCounts = field(default_factory=GapCounts)
+    parse_errors: int = 0
+
+    def note_content(self, now: float) -> None:
+        """A chunk that carries generated text, thinking or a tool call reached the client at ``now``."""
+        if self.last_content_at is None:
+            self.first_content_at = now
+        else:
+            self.gaps.add(now - self.last_content_at)
+        self.last_content_at = now
+        self.content_chunks += 1
+
+    def comparable(self) -> dict[str, object]:
+        """Everything but timing, for tests that compare results across chunk splits."""
+        return {
+            key: value
+            for key, value in vars(self).items()
+            if key not in ("first_content_at", "last_content_at", "gaps")
+        }

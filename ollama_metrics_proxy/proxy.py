@@ -1,0 +1,213 @@
+"""The API port: every request is relayed to the upstream Ollama, byte for byte, while an observer watches.
+
+Flow of one request (see ``Proxy.handle``): classify the endpoint → read the first request chunk (already in
+the buffer for ordinary JSON bodies) to learn the model → open the upstream request, streaming the request body
+→ on upstream headers, ``prepare()`` the client response at once → for each chunk: write it, then feed the
+observer → ``write_eof()`` → record metrics once in ``finally``. A client that goes away cancels the handler,
+which closes the upstream connection so Ollama stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp
+import orjson
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ollama_metrics_proxy.endpoints import BLOBS, classify
+from ollama_metrics_proxy.exchange import Exchange, Outcome, outcome_for_response
+from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
+from ollama_metrics_proxy.observe.base import Clock
+from ollama_metrics_proxy.observe.extract import find_model
+from ollama_metrics_proxy.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1: connection-specific headers are never forwarded. Host is set from the upstream URL, because
+# Ollama on loopback rejects a foreign Host with 403; Expect is answered by this server itself.
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+REQUEST_ONLY_DROPPED: Final = frozenset({"host", "expect"})
+# aiohttp's client would otherwise add these when the client did not send them.
+NO_AUTO_HEADERS: Final = frozenset({
+    hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE,
+})
+MODEL_SNIFF_BYTES: Final = 64 * 1024
+
+
+class ClientGone(Exception):
+    """Writing to the client failed: it disconnected."""
+
+
+def forwardable(headers: CIMultiDictProxy[str], extra_dropped: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """Copy headers, dropping hop-by-hop ones and any the ``Connection`` header names."""
+    items = list(headers.items())
+    named = {
+        token.strip().lower()
+        for key, value in items if key.lower() == "connection"
+        for token in value.split(",")
+    }
+    dropped = HOP_BY_HOP | extra_dropped | named
+    return CIMultiDict((key, value) for key, value in items if key.lower() not in dropped)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """An error in Ollama's own shape, so clients show the message as they would Ollama's."""
+    return web.Response(
+        status=status, body=orjson.dumps({"error": message}),
+        headers={hdrs.CONTENT_TYPE: "application/json; charset=utf-8"},
+    )
+
+
+class Proxy:
+    def __init__(self, upstream: str, session: aiohttp.ClientSession, recorder: Recorder,
+                 clock: Clock = time.perf_counter) -> None:
+        self._upstream = upstream
+        self._session = session
+        self._recorder = recorder
+        self._clock = clock
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not request.raw_path.startswith("/"):
+            # An absolute-form target ("GET http://elsewhere/ HTTP/1.1") would make this an open proxy.
+            return json_error(400, "ollama-metrics-proxy forwards only to its configured upstream; "
+                                   "send an origin-form request target such as /api/tags")
+        exchange = Exchange(endpoint=classify(request.path), method=request.method, path=request.path,
+                            started=self._clock(), client=request.remote or "")
+        body = RequestBody(request, exchange)
+        in_flight = ""
+        try:
+            await body.prime()
+            in_flight = self._recorder.start(exchange)
+            return await self._relay(request, exchange, body)
+        except (asyncio.CancelledError, ClientGone, ConnectionResetError):
+            exchange.finish(Outcome.ABORTED, self._clock())
+            raise
+        finally:
+            exchange.finish(Outcome.SUCCESS, self._clock())
+            self._recorder.finish(exchange, in_flight)
+
+    async def _relay(self, request: web.Request, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
+        try:
+            upstream = await self._session.request(
+                request.method,
+                URL(self._upstream + request.raw_path, encoded=True),
+                headers=forwardable(request.headers, REQUEST_ONLY_DROPPED),
+                data=body.stream() if request.body_exists else None,
+                skip_auto_headers=NO_AUTO_HEADERS,
+                allow_redirects=False,
+            )
+        except (aiohttp.ConnectionTimeoutError, asyncio.TimeoutError) as exc:
+            exchange.finish(Outcome.TIMEOUT, self._clock())
+            return json_error(504, f"ollama-metrics-proxy: timed out connecting to upstream Ollama at "
+                                   f"{self._upstream} ({type(exc).__name__})")
+        except aiohttp.ClientConnectorError as exc:
+            exchange.finish(Outcome.UPSTREAM_UNREACHABLE, self._clock())
+            return json_error(502, f"ollama-metrics-proxy: cannot reach upstream Ollama at {self._upstream}: "
+                                   f"{exc.os_error.strerror or exc.os_error}")
+        except aiohttp.ClientError as exc:
+            exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
+            return json_error(502, f"ollama-metrics-proxy: upstream Ollama at {self._upstream} closed the "
+                                   f"connection before answering: {exc}")
+        relayed = False
+        try:
+            response = await self._relay_response(request, exchange, upstream)
+            relayed = True
+            return response
+        finally:
+            if not relayed:
+                upstream.close()  # closes the socket: Ollama sees the disconnect and stops generating
+            upstream.release()
+
+    async def _relay_response(self, request: web.Request, exchange: Exchange,
+                              upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        exchange.status = upstream.status
+        exchange.content_type = upstream.headers.get(hdrs.CONTENT_TYPE, "")
+        exchange.streaming = is_streaming_type(exchange.content_type)
+        headers = forwardable(upstream.headers)
+        if exchange.streaming:
+            headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer the stream either
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        observer = self._observer(exchange)
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError as exc:
+                    raise ClientGone from exc
+                exchange.bytes_out += len(chunk)
+                try:
+                    observer.feed(chunk)
+                except Exception:
+                    observer = self._observer_failed(exchange, observer)
+        except aiohttp.ClientError as exc:
+            exchange.observation = self._close(exchange, observer)
+            exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
+            log.warning("upstream broke off %s %s mid-response: %s", request.method, request.path, exc)
+            _abort(request)
+            raise ClientGone from exc  # nothing more can be sent; the client sees the connection end abnormally
+        exchange.observation = self._close(exchange, observer)
+        await response.write_eof()
+        exchange.finish(outcome_for_response(exchange), self._clock())
+        return response
+
+    def _observer(self, exchange: Exchange) -> Observer:
+        try:
+            return observer_for(exchange.endpoint, exchange.status, exchange.content_type, self._clock)
+        except Exception:
+            self._recorder.count_internal_error("observe")
+            return Observer(self._clock)
+
+    def _observer_failed(self, exchange: Exchange, observer: Observer) -> Observer:
+        """An observer bug must not stop the relay: keep what it learned so far and stop observing."""
+        self._recorder.count_internal_error("observe")
+        replacement = Observer(self._clock)
+        replacement.observation = observer.observation
+        return replacement
+
+    def _close(self, exchange: Exchange, observer: Observer) -> Observation:
+        try:
+            return observer.close()
+        except Exception:
+            self._recorder.count_internal_error("observe")
+            return observer.observation
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class RequestBody:
+    """Streams the client's request body upstream, reading its first chunk early to learn the model."""
+
+    def __init__(self, request: web.Request, exchange: Exchange) -> None:
+        self._request = request
+        self._exchange = exchange
+        self._first = b""
+
+    async def prime(self) -> None:
+        if not self._request.body_exists:
+            return
+        self._first = await self._request.content.readany()
+        self._exchange.bytes_in += len(self._first)
+        if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
+            self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        async for chunk in self._request.content.iter_any():
+            self._exchange.bytes_in += len(chunk)
+            yield chunk

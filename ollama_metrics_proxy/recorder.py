@@ -1,0 +1,132 @@
+"""Turns a finished ``Exchange`` into metric updates, once per request.
+
+Everything here runs in the handler's ``finally``; an exception is logged and counted, never raised, so a bug
+in metrics code cannot break a request that has already been relayed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ollama_metrics_proxy.exchange import Exchange, Outcome
+from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
+from ollama_metrics_proxy.metrics import TrafficMetrics
+
+log = logging.getLogger("ollama_metrics_proxy.requests")
+
+
+class Recorder:
+    def __init__(self, metrics: TrafficMetrics, models: ModelLabels) -> None:
+        self.metrics = metrics
+        self.models = models
+
+    def start(self, exchange: Exchange) -> str:
+        """Count the request in flight; returns the model label used, to pass back to ``finish``.
+
+        Only the request is known here, so a model the guard has not admitted yet shows as ``other``.
+        """
+        try:
+            label = self.models.resolve(exchange.request_model, may_add=False)
+            self.metrics.in_flight.labels(exchange.endpoint, label).inc()
+            return label
+        except Exception:
+            self._internal_error("start")
+            return ""
+
+    def finish(self, exchange: Exchange, in_flight_label: str) -> None:
+        try:
+            if in_flight_label:
+                self.metrics.in_flight.labels(exchange.endpoint, in_flight_label).dec()
+            self._record(exchange)
+        except Exception:
+            self._internal_error("record")
+
+    def count_internal_error(self, stage: str) -> None:
+        self._internal_error(stage)
+
+    def _internal_error(self, stage: str) -> None:
+        log.exception("metrics failed at stage %s; the request itself was not affected", stage)
+        try:
+            self.metrics.internal_errors.labels(stage).inc()
+        except Exception:  # the counter itself failing must not escalate either
+            log.exception("could not count an internal error")
+
+    def _record(self, exchange: Exchange) -> None:
+        m, obs, endpoint = self.metrics, exchange.observation, exchange.endpoint
+        outcome = exchange.outcome or Outcome.SUCCESS
+        admitted = 200 <= exchange.status < 400
+        model = self.models.resolve(exchange.model, may_add=admitted)
+        key = (endpoint, model)
+        m.requests.labels(endpoint, model, outcome.value).inc()
+        m.duration.labels(*key).observe(max(exchange.ended - exchange.started, 0.0))
+        if outcome is Outcome.ABORTED:
+            m.client_disconnects.labels(*key, exchange.disconnect_phase.value).inc()
+        if exchange.streaming and obs.first_content_at is not None:
+            m.time_to_first_token.labels(*key).observe(max(obs.first_content_at - exchange.started, 0.0))
+        if obs.gaps.observations:
+            m.inter_token_latency.merge(key, obs.gaps.counts, obs.gaps.total)
+        if obs.finish_reason:
+            m.finished.labels(*key, finish_reason_label(obs.finish_reason)).inc()
+        self._record_tokens(exchange, key)
+        self._record_phases(exchange, key)
+        if obs.parse_errors:
+            m.parse_errors.labels(endpoint).inc(obs.parse_errors)
+        m.relayed_bytes.labels(endpoint, "request").inc(exchange.bytes_in)
+        m.relayed_bytes.labels(endpoint, "response").inc(exchange.bytes_out)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request", extra={"fields": _log_fields(exchange, model, outcome)})
+
+    def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
+        m, obs = self.metrics, exchange.observation
+        generated = obs.generation_tokens
+        if generated is None and not obs.complete and obs.content_chunks:
+            generated = obs.content_chunks  # cut short: each relayed content chunk is one token of GPU work
+        if obs.prompt_tokens is not None:
+            m.prompt_tokens.labels(*key).inc(obs.prompt_tokens)
+            m.request_prompt_tokens.labels(*key).observe(obs.prompt_tokens)
+        if generated is not None:
+            m.generation_tokens.labels(*key).inc(generated)
+            m.request_generation_tokens.labels(*key).observe(generated)
+        if obs.cached_tokens is not None:
+            m.cached_tokens.labels(*key).inc(obs.cached_tokens)
+        if obs.embedding_inputs is not None:
+            m.embedding_inputs.labels(key[1]).inc(obs.embedding_inputs)
+        if generated and obs.eval_seconds:
+            m.generation_speed.labels(*key).observe(generated / obs.eval_seconds)
+        if obs.prompt_tokens and obs.prompt_eval_seconds:
+            m.prompt_speed.labels(*key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
+
+    def _record_phases(self, exchange: Exchange, key: tuple[str, str]) -> None:
+        m, obs = self.metrics, exchange.observation
+        phases = (
+            (obs.load_seconds, m.load_duration, m.load_seconds),
+            (obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds),
+            (obs.eval_seconds, m.eval_duration, m.eval_seconds),
+            (obs.total_seconds, m.total_duration, None),
+        )
+        for seconds, histogram, counter in phases:
+            if seconds is None:
+                continue
+            histogram.labels(*key).observe(seconds)
+            if counter is not None:
+                counter.labels(*key).inc(seconds)
+
+
+def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, object]:
+    obs = exchange.observation
+    ttft = None if obs.first_content_at is None else round(obs.first_content_at - exchange.started, 6)
+    return {
+        "method": exchange.method,
+        "path": exchange.path,
+        "endpoint": exchange.endpoint,
+        "model": model,
+        "status": exchange.status,
+        "outcome": outcome.value,
+        "duration_s": round(exchange.ended - exchange.started, 6),
+        "ttft_s": ttft,
+        "prompt_tokens": obs.prompt_tokens,
+        "generation_tokens": obs.generation_tokens,
+        "bytes_in": exchange.bytes_in,
+        "bytes_out": exchange.bytes_out,
+        "client": exchange.client,
+    }

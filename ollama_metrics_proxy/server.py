@@ -1,0 +1,155 @@
+"""Wiring: build the shared state, the two listeners, and run them until a signal arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from ollama_metrics_proxy import __version__
+from ollama_metrics_proxy.admin import build_metrics_app
+from ollama_metrics_proxy.config import Config, HostPort
+from ollama_metrics_proxy.labels import ModelLabels
+from ollama_metrics_proxy.metrics import TrafficMetrics
+from ollama_metrics_proxy.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.proxy import Proxy
+from ollama_metrics_proxy.recorder import Recorder
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+class StartupError(Exception):
+    """A problem the user must fix (a port in use); shown as one line, exit status 2."""
+
+
+def build_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def upstream_session(config: Config) -> aiohttp.ClientSession:
+    """One session for the whole process, set up for transparent relaying.
+
+    No total or read timeout (a generation may run for an hour and a non-streamed reply may take ten minutes to
+    start), no connection limit, no decompression (bytes pass verbatim), no cookies, and no HTTP_PROXY from the
+    environment: the proxy talks only to its configured upstream.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout,
+                                      sock_connect=config.connect_timeout, sock_read=None),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
+@dataclass
+class RunningProxy:
+    config: Config
+    registry: CollectorRegistry
+    recorder: Recorder
+    poller: OllamaStatePoller
+    session: aiohttp.ClientSession
+    runners: list[web.AppRunner] = field(default_factory=list)
+    proxy_address: HostPort | None = None
+    metrics_address: HostPort | None = None
+
+    async def stop(self) -> None:
+        await self.poller.stop()
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.session.close()
+
+
+async def start(config: Config, registry: CollectorRegistry | None = None) -> RunningProxy:
+    registry = registry if registry is not None else build_registry()
+    metrics = TrafficMetrics(registry)
+    models = ModelLabels(config.max_models, metrics.label_overflows.labels("model").inc)
+    recorder = Recorder(metrics, models)
+    session = upstream_session(config)
+    poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval)
+    running = RunningProxy(config, registry, recorder, poller, session)
+    try:
+        proxy_app = web.Application()
+        proxy_app.router.add_route("*", "/{tail:.*}", Proxy(config.upstream, session, recorder).handle)
+        running.proxy_address = await _serve(running, proxy_app, config.listen, "--listen")
+        metrics_app = build_metrics_app(registry, poller)
+        running.metrics_address = await _serve(running, metrics_app, config.metrics_listen, "--metrics-listen")
+    except BaseException:
+        await running.stop()
+        raise
+    poller.start()
+    return running
+
+
+async def _serve(running: RunningProxy, app: web.Application, address: HostPort, flag: str) -> HostPort:
+    # handler_cancellation: a client that disconnects cancels its handler at once, which closes the upstream
+    # connection, so Ollama stops generating even while no bytes are flowing.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    running.runners.append(runner)
+    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"cannot listen on {address} ({flag}): {reason}") from None
+    sockets = [sock for server in [site._server] if server for sock in server.sockets]  # noqa: SLF001
+    port = sockets[0].getsockname()[1] if sockets else address.port
+    return HostPort(address.host, port)
+
+
+def probe_listen(address: HostPort) -> str | None:
+    """For --check-config: can this address be bound right now?"""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address.host, address.port))
+    except OSError as exc:
+        return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return None
+
+
+async def serve_forever(config: Config) -> None:
+    running = await start(config)
+    log.info(
+        "ollama-metrics-proxy %s started: Ollama API on http://%s -> %s, metrics on http://%s/metrics",
+        __version__, running.proxy_address, config.upstream, running.metrics_address,
+        extra={"fields": config.summary()},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down; waiting up to %.0f s for requests in flight", SHUTDOWN_GRACE_SECONDS)
+    finally:
+        await running.stop()
+
+
+def run(config: Config) -> None:
+    """Run until SIGINT/SIGTERM, on uvloop when it is installed (a faster event loop for the relay)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_forever(config))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve_forever(config))
