@@ -206,7 +206,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="ollama-metrics-proxy",
         description="Transparent metrics proxy for Ollama. Every flag can also be set through the environment "
-        f"variable shown in brackets; flags win.",
+        "variable shown in brackets; flags win.",
     )
     for option in OPTIONS:
         parser.add_argument(

@@ -39,7 +39,7 @@ TOKENS_PER_SECOND_BUCKETS = (
 ENDPOINT_MODEL = ("endpoint", "model")
 
 # One series per counter is enough: `_created` samples would double the series count for no query we need.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class MergedHistogram(Collector):

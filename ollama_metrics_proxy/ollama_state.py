@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ class OllamaStatePoller:
         try:
             version = await self._get_version()
             self.state = UpstreamState(up=True, version=version, error=None, checked_at=time.time())
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self.state = UpstreamState(up=False, error=_describe(exc), checked_at=time.time())
         self._announce()
         return self.state
@@ -81,9 +82,15 @@ class OllamaStatePoller:
                 "OLLAMA_METRICS_PROXY_UPSTREAM=URL", self.upstream, self.state.error)
 
 
+def connection_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """'Connection refused' rather than aiohttp's 'Connect call failed (host, port)'."""
+    error = exc.os_error
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
+        return f"connection failed: {connection_failure(exc)}"
     if isinstance(exc, asyncio.TimeoutError):
         return f"no answer within {POLL_TIMEOUT_SECONDS:g} s"
     return str(exc) or type(exc).__name__

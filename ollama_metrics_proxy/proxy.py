@@ -26,6 +26,7 @@ from ollama_metrics_proxy.exchange import Exchange, Outcome, outcome_for_respons
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
+from ollama_metrics_proxy.ollama_state import connection_failure
 from ollama_metrics_proxy.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ NO_AUTO_HEADERS: Final = frozenset({
     hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE,
 })
 MODEL_SNIFF_BYTES: Final = 64 * 1024
-
-
-class ClientGone(Exception):
-    """Writing to the client failed: it disconnected."""
 
 
 def forwardable(headers: CIMultiDictProxy[str], extra_dropped: frozenset[str] = frozenset()) -> CIMultiDict[str]:
@@ -89,7 +86,7 @@ class Proxy:
             await body.prime()
             in_flight = self._recorder.start(exchange)
             return await self._relay(request, exchange, body)
-        except (asyncio.CancelledError, ClientGone, ConnectionResetError):
+        except (asyncio.CancelledError, ConnectionResetError):
             exchange.finish(Outcome.ABORTED, self._clock())
             raise
         finally:
@@ -106,27 +103,25 @@ class Proxy:
                 skip_auto_headers=NO_AUTO_HEADERS,
                 allow_redirects=False,
             )
-        except (aiohttp.ConnectionTimeoutError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ConnectionTimeoutError) as exc:
             exchange.finish(Outcome.TIMEOUT, self._clock())
             return json_error(504, f"ollama-metrics-proxy: timed out connecting to upstream Ollama at "
                                    f"{self._upstream} ({type(exc).__name__})")
         except aiohttp.ClientConnectorError as exc:
             exchange.finish(Outcome.UPSTREAM_UNREACHABLE, self._clock())
             return json_error(502, f"ollama-metrics-proxy: cannot reach upstream Ollama at {self._upstream}: "
-                                   f"{exc.os_error.strerror or exc.os_error}")
+                                   f"{connection_failure(exc)}")
         except aiohttp.ClientError as exc:
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
             return json_error(502, f"ollama-metrics-proxy: upstream Ollama at {self._upstream} closed the "
                                    f"connection before answering: {exc}")
-        relayed = False
         try:
-            response = await self._relay_response(request, exchange, upstream)
-            relayed = True
-            return response
+            return await self._relay_response(request, exchange, upstream)
         finally:
-            if not relayed:
+            if upstream.content.is_eof():
+                upstream.release()  # read to the end: the connection can be reused
+            else:
                 upstream.close()  # closes the socket: Ollama sees the disconnect and stops generating
-            upstream.release()
 
     async def _relay_response(self, request: web.Request, exchange: Exchange,
                               upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -143,20 +138,24 @@ class Proxy:
             async for chunk in upstream.content.iter_any():
                 try:
                     await response.write(chunk)
-                except ConnectionResetError as exc:
-                    raise ClientGone from exc
+                except ConnectionResetError:
+                    exchange.finish(Outcome.ABORTED, self._clock())
+                    return response  # aiohttp notices the closed transport itself
                 exchange.bytes_out += len(chunk)
                 try:
                     observer.feed(chunk)
                 except Exception:
-                    observer = self._observer_failed(exchange, observer)
+                    observer = self._observer_failed(observer)
         except aiohttp.ClientError as exc:
-            exchange.observation = self._close(exchange, observer)
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
             log.warning("upstream broke off %s %s mid-response: %s", request.method, request.path, exc)
+            # Nothing more can be sent: cut the client's connection so it sees the reply end abnormally,
+            # exactly as it would had it been connected to Ollama directly.
             _abort(request)
-            raise ClientGone from exc  # nothing more can be sent; the client sees the connection end abnormally
-        exchange.observation = self._close(exchange, observer)
+            return response
+        finally:
+            # Also on cancellation: what was relayed before the client left still counts.
+            exchange.observation = self._close(observer)
         await response.write_eof()
         exchange.finish(outcome_for_response(exchange), self._clock())
         return response
@@ -168,14 +167,14 @@ class Proxy:
             self._recorder.count_internal_error("observe")
             return Observer(self._clock)
 
-    def _observer_failed(self, exchange: Exchange, observer: Observer) -> Observer:
+    def _observer_failed(self, observer: Observer) -> Observer:
         """An observer bug must not stop the relay: keep what it learned so far and stop observing."""
         self._recorder.count_internal_error("observe")
         replacement = Observer(self._clock)
         replacement.observation = observer.observation
         return replacement
 
-    def _close(self, exchange: Exchange, observer: Observer) -> Observation:
+    def _close(self, observer: Observer) -> Observation:
         try:
             return observer.close()
         except Exception:

@@ -108,9 +108,8 @@ async def _serve(running: RunningProxy, app: web.Application, address: HostPort,
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise StartupError(f"cannot listen on {address} ({flag}): {reason}") from None
-    sockets = [sock for server in [site._server] if server for sock in server.sockets]  # noqa: SLF001
-    port = sockets[0].getsockname()[1] if sockets else address.port
-    return HostPort(address.host, port)
+    bound = runner.addresses  # (host, port, ...) per socket; tells the real port when 0 was asked for
+    return HostPort(address.host, bound[0][1] if bound else address.port)
 
 
 def probe_listen(address: HostPort) -> str | None:

@@ -88,6 +88,7 @@ class FakeOllama:
     delay: float = 0.0  # seconds before each chunk after the first
     die_after: int | None = None  # cut the connection after this many chunks
     gate: asyncio.Event | None = None  # when set up, the stream pauses after its first chunk until opened
+    headers_gate: asyncio.Event | None = None  # when set up, nothing is sent until opened (a queued request)
     override: dict[str, Recording] = field(default_factory=dict)  # path -> recording, whatever the request
     seen: list[SeenRequest] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # perf_counter times a client went away mid-reply
@@ -101,7 +102,7 @@ class FakeOllama:
         app.router.add_route("HEAD", "/api/blobs/{digest}", self._blob_head)
         app.router.add_route("DELETE", "/api/delete", self._empty)
         app.router.add_route("POST", "/api/copy", self._empty)
-        app.router.add_route("GET", "/echo/{tail:.*}", self._echo)
+        app.router.add_route("*", "/echo/{tail:.*}", self._echo)
         app.router.add_route("*", "/{tail:.*}", self._replay)
         return app
 
@@ -137,8 +138,10 @@ class FakeOllama:
         response = web.StreamResponse(status=recording.status, headers={"Content-Type": recording.content_type})
         if recording.content_type == JSON and self.gate is None and self.die_after is None:
             response.content_length = len(recording.body)
-        await response.prepare(request)
         try:
+            if self.headers_gate is not None:
+                await self.headers_gate.wait()
+            await response.prepare(request)
             await self._stream(request, response, recording.chunks)
         except asyncio.CancelledError:
             self.disconnects.append(time.perf_counter())
