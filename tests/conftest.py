@@ -4,10 +4,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
 from ollama_metrics_proxy.config import Config, HostPort
-from ollama_metrics_proxy.server import RunningProxy, start
+from ollama_metrics_proxy.server import RunningProxy, build_registry, start
 from tests.fake_ollama import FakeOllama
 
 
@@ -40,7 +39,7 @@ async def fake() -> AsyncIterator[FakeOllama]:
 
 @pytest.fixture
 async def proxy(fake: FakeOllama) -> AsyncIterator[ProxyUnderTest]:
-    running = await start(config_for(fake.url), registry=CollectorRegistry())
+    running = await start(config_for(fake.url), registry=build_registry())
     yield ProxyUnderTest(running)
     await running.stop()
 

@@ -1,0 +1,99 @@
+"""Flags, environment, defaults, and one clear line per problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from ollama_metrics_proxy.cli import main
+from ollama_metrics_proxy.config import (
+    DEFAULT_METRICS_PORT,
+    Config,
+    HostPort,
+    build_arg_parser,
+    load_config,
+    upstream_from_ollama_host,
+)
+
+
+def load(argv: list[str], env: dict[str, str] | None = None) -> tuple[Config | None, list[str]]:
+    return load_config(build_arg_parser().parse_args(argv), env or {})
+
+
+def test_defaults_listen_on_loopback() -> None:
+    config, errors = load([])
+    assert errors == []
+    assert config == Config()
+    assert config.listen == HostPort("127.0.0.1", 11435)
+    assert config.metrics_listen == HostPort("127.0.0.1", DEFAULT_METRICS_PORT)
+    assert 9100 <= DEFAULT_METRICS_PORT <= 9999
+    assert DEFAULT_METRICS_PORT not in (9100, 9400, 9497, 9835)
+    assert config.upstream == "http://127.0.0.1:11434"
+
+
+def test_environment_is_read_and_flags_win() -> None:
+    env = {"OLLAMA_METRICS_PROXY_UPSTREAM": "http://gpu-box:11434", "OLLAMA_METRICS_PROXY_MAX_MODELS": "7",
+           "OLLAMA_METRICS_PROXY_LOG_FORMAT": "JSON"}
+    config, _ = load([], env)
+    assert config is not None
+    assert (config.upstream, config.max_models, config.log_format) == ("http://gpu-box:11434", 7, "json")
+    config, _ = load(["--upstream", "http://other:1234/", "--max-models", "3"], env)
+    assert config is not None
+    assert (config.upstream, config.max_models) == ("http://other:1234", 3)
+
+
+@pytest.mark.parametrize(("ollama_host", "upstream"), [
+    ("0.0.0.0", "http://127.0.0.1:11434"),
+    ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+    ("gpu-box", "http://gpu-box:11434"),
+    ("https://ollama.internal:443/prefix/", "https://ollama.internal:443/prefix"),
+    ("[::]:11434", "http://127.0.0.1:11434"),
+    ("[::1]:9000", "http://[::1]:9000"),
+])
+def test_ollama_host_is_only_a_fallback(ollama_host: str, upstream: str) -> None:
+    assert upstream_from_ollama_host(ollama_host) == upstream
+    config, _ = load([], {"OLLAMA_HOST": ollama_host})
+    assert config is not None and config.upstream == upstream
+    config, _ = load([], {"OLLAMA_HOST": ollama_host, "OLLAMA_METRICS_PROXY_UPSTREAM": "http://x:1"})
+    assert config is not None and config.upstream == "http://x:1"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    config, errors = load(
+        ["--upstream", "ftp://nope", "--listen", "127.0.0.1:99999", "--connect-timeout", "-1",
+         "--log-level", "loud"],
+        {"OLLAMA_METRICS_PROXY_METRICS_LISTEN": "localhost"},
+    )
+    assert config is None
+    assert len(errors) == 5
+    assert errors[0].startswith("--upstream must be an http:// or https:// URL")
+    assert "OLLAMA_METRICS_PROXY_METRICS_LISTEN needs a port" in errors[2]
+    assert all("\n" not in error for error in errors)
+
+
+def test_same_port_for_both_listeners_is_refused() -> None:
+    _, errors = load(["--listen", "127.0.0.1:9000", "--metrics-listen", "127.0.0.1:9000"])
+    assert errors == ["--listen and --metrics-listen are both 127.0.0.1:9000; give them different ports"]
+
+
+def test_cli_exit_status_2_and_one_line_per_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--upstream", "nope", "--max-models", "zero"], environ={}) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "ollama-metrics-proxy: error: --upstream must be an http:// or https:// URL, got 'nope'",
+        "ollama-metrics-proxy: error: --max-models must be a whole number of at least 1, got 'zero'",
+    ]
+
+
+def test_unknown_option_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--no-such-flag"], environ={})
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "ollama-metrics-proxy: error: unrecognized arguments: --no-such-flag (see --help)\n")
+
+
+def test_check_config_prints_the_effective_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--check-config", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "configuration is valid" in out
+    assert "upstream = http://127.0.0.1:11434" in out

@@ -1,0 +1,192 @@
+"""The real command in a child process: start-up, readiness, logs, signals, ports in use, a 1 GiB upload."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.fake_ollama import FakeOllama
+
+STARTED = re.compile(r"Ollama API on http://127\.0\.0\.1:(\d+) .* metrics on http://127\.0\.0\.1:(\d+)/metrics")
+ONE_GIB = 1024**3
+
+
+class ProxyProcess:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ollama_metrics_proxy", "--listen", "127.0.0.1:0",
+             "--metrics-listen", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**_clean_env(), **(env or {})}, cwd=Path(__file__).parent.parent,
+        )
+        self.log_lines: list[str] = []
+        self.api_url, self.metrics_url = self._wait_for_start()
+
+    def _wait_for_start(self) -> tuple[str, str]:
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.log_lines.append(line)
+            match = STARTED.search(line)
+            if match:
+                return f"http://127.0.0.1:{match[1]}", f"http://127.0.0.1:{match[2]}"
+        self.process.kill()
+        raise AssertionError("proxy did not start:\n" + "".join(self.log_lines))
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return the rest of the log."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, rest = self.process.communicate(timeout=20)
+        return "".join(self.log_lines) + rest
+
+
+def _clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith("OLLAMA_METRICS_PROXY_") and key != "OLLAMA_HOST"}
+
+
+@pytest.fixture
+def dead_upstream() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def proxy_process(fake: FakeOllama) -> Iterator[ProxyProcess]:
+    process = ProxyProcess("--upstream", fake.url, "--ollama-poll-interval", "0.2")
+    yield process
+    process.stop()
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_starts_without_ollama_and_says_how_to_point_it(dead_upstream: str) -> None:
+    process = ProxyProcess(env={"OLLAMA_METRICS_PROXY_UPSTREAM": dead_upstream})
+    try:
+        status, body = await get(process.metrics_url + "/-/ready")
+        for _ in range(50):
+            if json.loads(body)["error"] != "not checked yet":
+                break
+            await asyncio.sleep(0.1)
+            status, body = await get(process.metrics_url + "/-/ready")
+        assert status == 503
+        ready = json.loads(body)
+        assert ready["ready"] is False and ready["upstream"] == dead_upstream
+        assert "Connection refused" in ready["error"]
+        assert (await get(process.metrics_url + "/-/healthy"))[0] == 200
+    finally:
+        log = process.stop()
+    assert process.process.returncode == 0
+    assert "is not answering" in log and "--upstream URL" in log and "OLLAMA_METRICS_PROXY_UPSTREAM" in log
+    assert "Traceback" not in log
+
+
+async def test_ready_when_ollama_answers(proxy_process: ProxyProcess) -> None:
+    for _ in range(50):
+        status, body = await get(proxy_process.metrics_url + "/-/ready")
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200
+    assert json.loads(body)["ollama_version"] == "0.33.0"
+
+
+async def test_json_logs_one_line_per_request_without_content(fake: FakeOllama) -> None:
+    process = ProxyProcess("--upstream", fake.url, "--log-format", "json", "--log-level", "debug")
+    secret = "my secret prompt text"
+    async with aiohttp.ClientSession() as http:
+        payload = {"model": "llama3.2", "prompt": secret}
+        async with http.post(process.api_url + "/api/generate", json=payload) as response:
+            assert secret not in await response.text() and response.status == 200
+    log = process.stop()
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]
+    started = next(entry for entry in entries if "started" in entry["message"])
+    assert started["upstream"] == fake.url and started["max_models"] == 100
+    requests = [entry for entry in entries if entry["message"] == "request"]
+    assert len(requests) == 1
+    assert requests[0]["endpoint"] == "/api/generate" and requests[0]["outcome"] == "success"
+    assert requests[0]["generation_tokens"] == 259
+    assert secret not in log and "The sky" not in log
+
+
+def test_port_in_use_is_one_line_and_status_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ollama_metrics_proxy", "--listen", f"127.0.0.1:{port}",
+             "--metrics-listen", "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=30, env=_clean_env(), check=False,
+        )
+        check = subprocess.run(
+            [sys.executable, "-m", "ollama_metrics_proxy", "--check-config", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30, env=_clean_env(), check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ollama-metrics-proxy: error: cannot listen on 127.0.0.1:{port} (--listen): address already in use")
+    assert "Traceback" not in result.stderr
+    assert check.returncode == 2
+    assert f"--listen cannot listen on 127.0.0.1:{port}: address already in use" in check.stderr
+
+
+async def _upload_chunks(total: int, chunk: bytes) -> AsyncIterator[bytes]:
+    """A chunked upload (as ollama-python's async create_blob sends), never held in memory whole."""
+    for _ in range(total // len(chunk)):
+        yield chunk
+
+
+async def test_one_gib_blob_upload_streams_with_flat_memory(
+    fake: FakeOllama, proxy_process: ProxyProcess
+) -> None:
+    proxy = psutil.Process(proxy_process.process.pid)
+    baseline = proxy.memory_info().rss
+    peak = baseline
+    chunk = os.urandom(1024 * 1024)
+    # The digest of 1024 copies of one random MiB, computed up front so the URL can name it.
+    digest = hashlib.sha256()
+    for _ in range(ONE_GIB // len(chunk)):
+        digest.update(chunk)
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proxy.memory_info().rss)
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    url = f"{proxy_process.api_url}/api/blobs/sha256:{digest.hexdigest()}"
+    try:
+        async with aiohttp.ClientSession() as http, http.post(
+            url, data=_upload_chunks(ONE_GIB, chunk)) as response:
+            status = response.status
+    finally:
+        done.set()
+        await sampler
+    assert status == 201  # the fake hashed every byte and found the digest the URL names
+    assert fake.blob_bytes == ONE_GIB
+    assert peak - baseline < 50 * 1024 * 1024, f"proxy RSS grew by {(peak - baseline) / 2**20:.1f} MiB"
