@@ -1,21 +1,29 @@
-"""The metrics listener: /metrics, /-/healthy and /-/ready. Its own traffic is never counted."""
+"""The metrics listener: /metrics, /-/healthy, /-/ready and /-/system. Its own traffic is never counted."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.sources import SourceHealth
+from ollama_metrics_proxy.telemetry import Samplers
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 POLLER_KEY = web.AppKey("poller", OllamaStatePoller)
+SAMPLERS_KEY = web.AppKey("samplers", Samplers)
+STARTED_KEY = web.AppKey("started_at", float)
 
 
-def _json(status: int, payload: object) -> web.Response:
+def json_response(status: int, payload: object) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
 
 
@@ -32,27 +40,73 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     poller = request.app[POLLER_KEY]
-    state = poller.state
+    snapshot = poller.snapshot
     payload = {
-        "ready": state.up,
+        "ready": poller.up,
         "upstream": poller.upstream,
-        "ollama_version": state.version,
-        "error": state.error,
-        "checked_at": state.checked_at,
+        "ollama_version": snapshot.version if snapshot else None,
+        "error": poller.health.status.detail,
+        "checked_at": poller.checked_at,
     }
-    return _json(200 if state.up else 503, payload)
+    return json_response(200 if poller.up else 503, payload)
+
+
+def _source(health: SourceHealth) -> dict[str, Any]:
+    return {"up": health.status.up, "reason": health.status.reason, "detail": health.status.detail}
+
+
+def system_report(poller: OllamaStatePoller, samplers: Samplers, started_at: float) -> dict[str, Any]:
+    """The same figures as the scrape, as one JSON object for people and scripts."""
+    snapshot = poller.snapshot
+    now = time.time()
+    report: dict[str, Any] = {
+        "proxy": {"version": __version__, "uptime_seconds": round(now - started_at, 3)},
+        "ollama": {
+            **_source(poller.health),
+            "upstream": poller.upstream,
+            "version": snapshot.version if snapshot else None,
+            "loaded_models": [
+                {**asdict(model),
+                 "gpu_offload_ratio": model.vram_bytes / model.size_bytes if model.size_bytes else None,
+                 "expires_in_seconds": None if model.expires_at is None else round(model.expires_at - now, 3)}
+                for model in (snapshot.loaded if snapshot else ())
+            ],
+            "installed_models": len(snapshot.installed) if snapshot else None,
+            "installed_disk_bytes": sum(m.size_bytes for m in snapshot.installed) if snapshot else None,
+        },
+    }
+    if samplers.gpu is not None:
+        report["gpus"] = {**_source(samplers.gpu.health),
+                          "devices": [asdict(gpu) for gpu in samplers.gpu.snapshot or ()]}
+    if samplers.processes is not None:
+        report["ollama_processes"] = {**_source(samplers.processes.health),
+                                      "processes": [asdict(p) for p in samplers.processes.snapshot or ()]}
+    if samplers.host is not None:
+        host = samplers.host.snapshot
+        report["host"] = {**_source(samplers.host.health), **(asdict(host) if host else {})}
+    return report
+
+
+async def system(request: web.Request) -> web.Response:
+    app = request.app
+    return json_response(200, system_report(app[POLLER_KEY], app[SAMPLERS_KEY], app[STARTED_KEY]))
 
 
 async def not_found(request: web.Request) -> web.Response:
-    return _json(404, {"error": f"no such endpoint {request.path}; try /metrics, /-/healthy or /-/ready"})
+    return json_response(404, {"error": f"no such endpoint {request.path}; try /metrics, /-/healthy, /-/ready "
+                                        "or /-/system"})
 
 
-def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller) -> web.Application:
+def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, samplers: Samplers,
+                      started_at: float) -> web.Application:
     app = web.Application()
     app[REGISTRY_KEY] = registry
     app[POLLER_KEY] = poller
+    app[SAMPLERS_KEY] = samplers
+    app[STARTED_KEY] = started_at
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/healthy", healthy)  # add_get also answers HEAD
     app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/system", system)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

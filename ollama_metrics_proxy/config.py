@@ -26,6 +26,8 @@ DEFAULT_METRICS_LISTEN = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
 OLLAMA_DEFAULT_PORT = 11434
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+GPU_MODES = ("off", "auto", "on")
+SWITCH = ("on", "off")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,13 @@ class Config:
     ollama_poll_interval: float = 15.0
     log_level: str = "info"
     log_format: str = "text"
+    gpu: str = "auto"
+    gpu_interval: float = 5.0
+    ollama_process: bool = True
+    host_metrics: bool = True
+    system_interval: float = 5.0
+    ollama_pid: int | None = None
+    models_dir: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -63,6 +72,13 @@ class Config:
             "ollama_poll_interval": self.ollama_poll_interval,
             "log_level": self.log_level,
             "log_format": self.log_format,
+            "gpu": self.gpu,
+            "gpu_interval": self.gpu_interval,
+            "ollama_process": self.ollama_process,
+            "host_metrics": self.host_metrics,
+            "system_interval": self.system_interval,
+            "ollama_pid": self.ollama_pid,
+            "models_dir": self.models_dir,
         }
 
 
@@ -151,6 +167,32 @@ def parse_positive_int(text: str) -> int:
     return int(text)
 
 
+def parse_switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"must be on or off, got {text!r}")
+
+
+def parse_optional_pid(text: str) -> int | None:
+    if not text.strip():
+        return None
+    return parse_positive_int(text)
+
+
+def parse_models_dir(text: str) -> str | None:
+    """A directory to report disk usage for; empty means ~/.ollama/models when it exists."""
+    if not text.strip():
+        default = os.path.expanduser("~/.ollama/models")
+        return default if os.path.isdir(default) else None
+    path = os.path.expanduser(text.strip())
+    if not os.path.isdir(path):
+        raise ConfigError(f"is not a directory: {text!r}")
+    return path
+
+
 def choice(options: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -189,9 +231,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_models", "--max-models", parse_positive_int, "100",
            "distinct model label values before new models are reported as 'other'"),
     Option("ollama_poll_interval", "--ollama-poll-interval", parse_positive_float, "15",
-           "seconds between polls of the upstream's /api/version for readiness"),
+           "seconds between polls of the upstream's /api/version, /api/ps and /api/tags"),
     Option("log_level", "--log-level", choice(LOG_LEVELS), "info", "debug logs one line per request"),
     Option("log_format", "--log-format", choice(LOG_FORMATS), "text", "text or json (one object per line)"),
+    Option("gpu", "--gpu", choice(GPU_MODES), "auto",
+           "NVIDIA GPU metrics through NVML: auto (when a driver is found), on (fail without one), off"),
+    Option("gpu_interval", "--gpu-interval", parse_positive_float, "5", "seconds between NVML samples"),
+    Option("ollama_process", "--ollama-process", parse_switch, "on",
+           "CPU and memory of the Ollama server and runner processes, when visible from here"),
+    Option("host_metrics", "--host-metrics", parse_switch, "on",
+           "host CPU and memory, and disk usage of the models directory"),
+    Option("system_interval", "--system-interval", parse_positive_float, "5",
+           "seconds between samples of the Ollama processes and the host"),
+    Option("ollama_pid", "--ollama-pid", parse_optional_pid, "",
+           "PID of the Ollama server (default: found by name)"),
+    Option("models_dir", "--models-dir", parse_models_dir, "",
+           "Ollama's models directory (default: OLLAMA_MODELS, else ~/.ollama/models when it exists)"),
 )
 
 
@@ -244,6 +299,8 @@ def _raw_value(option: Option, args: argparse.Namespace, environ: Mapping[str, s
         return environ[option.env], option.env
     if option.field == "upstream" and environ.get("OLLAMA_HOST"):
         return upstream_from_ollama_host_raw(environ["OLLAMA_HOST"]), "OLLAMA_HOST"
+    if option.field == "models_dir" and environ.get("OLLAMA_MODELS"):
+        return environ["OLLAMA_MODELS"], "OLLAMA_MODELS"
     return option.default, f"default for {option.flag}"
 
 

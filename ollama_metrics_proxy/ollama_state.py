@@ -1,7 +1,8 @@
-"""Background polling of the upstream Ollama: is it answering, and which version is it.
+"""Background polling of the upstream Ollama: version, loaded models (/api/ps), installed models (/api/tags).
 
-The poll runs as a task on its own interval; ``/-/ready`` and the scrape only read the latest snapshot, so a
-slow or dead upstream never slows them down.
+The poll runs as a task on its own interval; ``/-/ready``, ``/-/system`` and the scrape only read the latest
+snapshot, so a slow or dead upstream never slows them. Models appearing in or leaving ``/api/ps`` between
+polls are counted as loads and unloads (models already loaded at start-up are not loads).
 """
 
 from __future__ import annotations
@@ -10,31 +11,117 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import aiohttp
 
+from ollama_metrics_proxy.sources import SourceHealth
+
 log = logging.getLogger(__name__)
 POLL_TIMEOUT_SECONDS = 5.0
+_EXCESS_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 @dataclass(frozen=True)
-class UpstreamState:
-    up: bool = False
-    version: str | None = None
-    error: str | None = "not checked yet"
-    checked_at: float | None = None  # unix time of the last poll
+class LoadedModel:
+    name: str
+    size_bytes: int
+    vram_bytes: int
+    context_length: int | None
+    expires_at: float | None  # unix time; the keep-alive deadline
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    size_bytes: int
+    family: str
+    parameter_size: str
+    quantization_level: str
+
+
+@dataclass(frozen=True)
+class OllamaSnapshot:
+    version: str | None
+    loaded: tuple[LoadedModel, ...]
+    installed: tuple[InstalledModel, ...]
+    polled_at: float
+
+
+def connection_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """'Connection refused' rather than aiohttp's 'Connect call failed (host, port)'."""
+    error = exc.os_error
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+def parse_time(text: Any) -> float | None:
+    """Ollama's RFC 3339 timestamps carry nanoseconds; Python reads at most microseconds."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(_EXCESS_FRACTION.sub(r"\1", text.replace("Z", "+00:00"))).timestamp()
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _models(body: Any) -> list[dict[str, Any]]:
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, list):
+        raise ValueError("the reply has no 'models' list")
+    return [model for model in models if isinstance(model, dict) and isinstance(model.get("name"), str)]
+
+
+def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
+    return tuple(
+        LoadedModel(
+            name=model["name"], size_bytes=_int(model.get("size")), vram_bytes=_int(model.get("size_vram")),
+            context_length=_int(model.get("context_length")) or None, expires_at=parse_time(model.get("expires_at")),
+        )
+        for model in _models(body)
+    )
+
+
+def parse_tags(body: Any) -> tuple[InstalledModel, ...]:
+    def detail(model: dict[str, Any], key: str) -> str:
+        details = model.get("details")
+        value = details.get(key) if isinstance(details, dict) else None
+        return value if isinstance(value, str) else ""
+
+    return tuple(
+        InstalledModel(name=model["name"], size_bytes=_int(model.get("size")), family=detail(model, "family"),
+                       parameter_size=detail(model, "parameter_size"),
+                       quantization_level=detail(model, "quantization_level"))
+        for model in _models(body)
+    )
 
 
 class OllamaStatePoller:
-    def __init__(self, upstream: str, session: aiohttp.ClientSession, interval: float) -> None:
+    def __init__(self, upstream: str, session: aiohttp.ClientSession, interval: float,
+                 on_installed: Callable[[Iterable[str]], None] = lambda names: None) -> None:
         self.upstream = upstream
+        self.health = SourceHealth("ollama", subject=f"upstream Ollama at {upstream}")
+        self.snapshot: OllamaSnapshot | None = None
+        self.checked_at: float | None = None
+        self.loads: dict[str, int] = {}
+        self.unloads: dict[str, int] = {}
         self._session = session
         self._interval = interval
-        self.state = UpstreamState()
+        self._on_installed = on_installed
+        self._previously_loaded: set[str] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._announced: bool | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.health.status.up
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ollama-state-poller")
@@ -45,52 +132,59 @@ class OllamaStatePoller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def poll_once(self) -> UpstreamState:
+    async def poll_once(self) -> None:
+        started = time.time()
         try:
-            version = await self._get_version()
-            self.state = UpstreamState(up=True, version=version, error=None, checked_at=time.time())
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            self.state = UpstreamState(up=False, error=_describe(exc), checked_at=time.time())
-        self._announce()
-        return self.state
+            version, ps, tags = await asyncio.gather(
+                self._get("/api/version"), self._get("/api/ps"), self._get("/api/tags"))
+            snapshot = OllamaSnapshot(
+                version=version.get("version") if isinstance(version, dict) else None,
+                loaded=parse_ps(ps), installed=parse_tags(tags), polled_at=started)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.snapshot = None
+            reason, detail = _describe(exc)
+            self.health.failed(reason, detail, hint=(
+                "; it is not answering, so /-/ready reports not ready while the proxy keeps running. Start "
+                "Ollama (`ollama serve`) or point the proxy at it with --upstream URL or "
+                "OLLAMA_METRICS_PROXY_UPSTREAM=URL"))
+            self.checked_at = time.time()
+            return
+        self._count_loads(snapshot.loaded)
+        self._on_installed(model.name for model in snapshot.installed)
+        self.snapshot = snapshot
+        if not self.health.status.up:
+            log.info("upstream Ollama at %s is answering (version %s)", self.upstream, snapshot.version)
+            self.health.reset_log()
+        self.health.succeeded()
+        self.checked_at = time.time()
+
+    def _count_loads(self, loaded: Iterable[LoadedModel]) -> None:
+        current = {model.name for model in loaded}
+        if self._previously_loaded is not None:
+            for name in current - self._previously_loaded:
+                self.loads[name] = self.loads.get(name, 0) + 1
+            for name in self._previously_loaded - current:
+                self.unloads[name] = self.unloads.get(name, 0) + 1
+        self._previously_loaded = current
 
     async def _run(self) -> None:
         while True:
             await self.poll_once()
             await asyncio.sleep(self._interval)
 
-    async def _get_version(self) -> str | None:
+    async def _get(self, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_SECONDS)
-        async with self._session.get(self.upstream + "/api/version", timeout=timeout) as response:
+        async with self._session.get(self.upstream + path, timeout=timeout) as response:
             if response.status != 200:
-                raise ValueError(f"/api/version answered HTTP {response.status}")
-            body = await response.json(content_type=None)
-        version = body.get("version") if isinstance(body, dict) else None
-        return version if isinstance(version, str) else None
-
-    def _announce(self) -> None:
-        """Log changes of state only, not every poll."""
-        if self.state.up == self._announced:
-            return
-        self._announced = self.state.up
-        if self.state.up:
-            log.info("upstream Ollama at %s is answering (version %s)", self.upstream, self.state.version)
-        else:
-            log.warning(
-                "upstream Ollama at %s is not answering (%s); the proxy keeps running and /-/ready reports "
-                "not ready. Start Ollama (`ollama serve`) or point the proxy at it with --upstream URL or "
-                "OLLAMA_METRICS_PROXY_UPSTREAM=URL", self.upstream, self.state.error)
+                raise ValueError(f"{path} answered HTTP {response.status}")
+            return await response.json(content_type=None)
 
 
-def connection_failure(exc: aiohttp.ClientConnectorError) -> str:
-    """'Connection refused' rather than aiohttp's 'Connect call failed (host, port)'."""
-    error = exc.os_error
-    return os.strerror(error.errno) if error.errno else str(error)
-
-
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed: {connection_failure(exc)}"
-    if isinstance(exc, asyncio.TimeoutError):
-        return f"no answer within {POLL_TIMEOUT_SECONDS:g} s"
-    return str(exc) or type(exc).__name__
+        return "unreachable", f"connection failed: {connection_failure(exc)}"
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no answer within {POLL_TIMEOUT_SECONDS:g} s"
+    if isinstance(exc, ValueError):
+        return "bad_response", str(exc)
+    return "error", str(exc) or type(exc).__name__

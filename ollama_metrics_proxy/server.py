@@ -8,6 +8,7 @@ import errno
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,6 +23,8 @@ from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.sources import SourceUnavailable
+from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -63,35 +66,48 @@ class RunningProxy:
     recorder: Recorder
     poller: OllamaStatePoller
     session: aiohttp.ClientSession
+    samplers: Samplers
+    started_at: float = field(default_factory=time.time)
     runners: list[web.AppRunner] = field(default_factory=list)
     proxy_address: HostPort | None = None
     metrics_address: HostPort | None = None
 
     async def stop(self) -> None:
         await self.poller.stop()
+        for sampler in self.samplers.all():
+            await asyncio.to_thread(sampler.stop)
         for runner in self.runners:
             await runner.cleanup()
         await self.session.close()
 
 
-async def start(config: Config, registry: CollectorRegistry | None = None) -> RunningProxy:
+async def start(config: Config, registry: CollectorRegistry | None = None,
+                samplers: Samplers | None = None) -> RunningProxy:
     registry = registry if registry is not None else build_registry()
+    if samplers is None:
+        try:
+            samplers = build_samplers(config)
+        except SourceUnavailable as exc:
+            raise StartupError(f"--gpu on, but NVML is unavailable: {exc.detail}") from None
     metrics = TrafficMetrics(registry)
     models = ModelLabels(config.max_models, metrics.label_overflows.labels("model").inc)
     recorder = Recorder(metrics, models)
     session = upstream_session(config)
-    poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval)
-    running = RunningProxy(config, registry, recorder, poller, session)
+    poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
+    register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host)
+    running = RunningProxy(config, registry, recorder, poller, session, samplers)
     try:
         proxy_app = web.Application()
         proxy_app.router.add_route("*", "/{tail:.*}", Proxy(config.upstream, session, recorder).handle)
         running.proxy_address = await _serve(running, proxy_app, config.listen, "--listen")
-        metrics_app = build_metrics_app(registry, poller)
+        metrics_app = build_metrics_app(registry, poller, samplers, running.started_at)
         running.metrics_address = await _serve(running, metrics_app, config.metrics_listen, "--metrics-listen")
     except BaseException:
         await running.stop()
         raise
     poller.start()
+    for sampler in samplers.all():
+        sampler.start()
     return running
 
 

@@ -18,7 +18,7 @@ class ProxyUnderTest:
         self.url = f"http://127.0.0.1:{running.proxy_address.port}"
         self.metrics_url = f"http://127.0.0.1:{running.metrics_address.port}"
 
-    def value(self, name: str, **labels: str) -> float:
+    def value(self, name: str, /, **labels: str) -> float:
         """A sample's current value, 0 when the series does not exist yet."""
         return self.registry.get_sample_value(name, labels) or 0.0
 

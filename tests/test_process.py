@@ -87,7 +87,7 @@ async def test_starts_without_ollama_and_says_how_to_point_it(dead_upstream: str
     try:
         status, body = await get(process.metrics_url + "/-/ready")
         for _ in range(50):
-            if json.loads(body)["error"] != "not checked yet":
+            if json.loads(body)["checked_at"] is not None:
                 break
             await asyncio.sleep(0.1)
             status, body = await get(process.metrics_url + "/-/ready")
@@ -99,6 +99,7 @@ async def test_starts_without_ollama_and_says_how_to_point_it(dead_upstream: str
     finally:
         log = process.stop()
     assert process.process.returncode == 0
+    assert f"upstream Ollama at {dead_upstream}: unavailable (unreachable)" in log
     assert "is not answering" in log and "--upstream URL" in log and "OLLAMA_METRICS_PROXY_UPSTREAM" in log
     assert "Traceback" not in log
 
