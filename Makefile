@@ -22,7 +22,7 @@ system-deps:
 	@sh scripts/install-system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check ollama_metrics_proxy tests
+	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

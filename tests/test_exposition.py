@@ -7,52 +7,22 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from ollama_metrics_proxy.endpoints import INFERENCE_ENDPOINTS
-from ollama_metrics_proxy.gpu import GpuSampler
-from ollama_metrics_proxy.server import build_registry, start
-from ollama_metrics_proxy.system import HostSampler, OllamaProcessSampler
-from ollama_metrics_proxy.telemetry import Samplers
-from tests.conftest import ProxyUnderTest, config_for
-from tests.fake_nvml import FakeGpu, FakeNvml
-from tests.fake_ollama import ROUTES, FakeOllama, rec
+from tests.conftest import ProxyUnderTest
+from tests.fake_ollama import ROUTES, FakeOllama
 from tests.test_relay import fetch, request_for
 
 PROMTOOL = shutil.which("promtool")
 
 
 @pytest.fixture
-async def proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnderTest]:
-    """A proxy with every source delivering: a fake NVML with two GPUs, a real process standing in for the
-    Ollama server, the host, and Ollama's state (one model loaded then another, so loads and unloads count)."""
-    nvml = FakeNvml([FakeGpu("GPU-a", processes=[(1234, 2**30)]), FakeGpu("GPU-b", unsupported={"fan"})])
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
-    samplers = Samplers(
-        gpu=GpuSampler(0.05, process_name=lambda pid: "ollama", nvml_loader=lambda: nvml),
-        processes=OllamaProcessSampler(0.05, ollama_pid=server.pid),
-        host=HostSampler(0.05, models_dir=str(tmp_path)),
-    )
-    running = await start(config_for(fake.url, ollama_poll_interval=3600), registry=build_registry(),
-                          samplers=samplers)
-    try:
-        await running.poller.poll_once()
-        fake.override["/api/ps"] = rec("ps_two.json")
-        await running.poller.poll_once()
-        fake.override["/api/ps"] = rec("ps.json")
-        await running.poller.poll_once()
-        while not all(sampler.snapshot for sampler in samplers.all()):
-            await asyncio.sleep(0.02)
-        yield ProxyUnderTest(running)
-    finally:
-        await running.stop()
-        server.kill()
-        await server.wait()
+async def proxy(full_proxy: ProxyUnderTest) -> ProxyUnderTest:
+    return full_proxy
 
 
 async def drive_every_route(proxy: ProxyUnderTest, http: aiohttp.ClientSession) -> None:

@@ -1,0 +1,191 @@
+"""Writes the Grafana dashboards in this folder: python dashboards/generate.py
+
+The JSON files are generated so that every panel follows the same rules (the datasource variable, the instance
+and model filters, $__rate_interval, a unit and a description); the test suite checks the committed files
+match this script and evaluates every query against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'instance=~"$instance", model=~"$model"'  # the filter every traffic query carries
+INST = 'instance=~"$instance"'
+RI = "$__rate_interval"
+
+
+def variables(model_source: str) -> dict[str, Any]:
+    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
+        return {
+            "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
+            "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
+        }
+
+    return {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {}, "hide": 0},
+        query_var("instance", "Proxy", "label_values(ollama_metrics_proxy_build_info, instance)"),
+        query_var("model", "Model", f'label_values({model_source}{{instance=~"$instance"}}, model)'),
+    ]}
+
+
+class Layout:
+    """Places panels left to right, 24 grid units per row."""
+
+    def __init__(self) -> None:
+        self.x = self.y = 0
+        self.next_id = 1
+
+    def place(self, width: int, height: int) -> dict[str, int]:
+        if self.x + width > 24:
+            self.x, self.y = 0, self.y + height
+        position = {"x": self.x, "y": self.y, "w": width, "h": height}
+        self.x += width
+        return position
+
+
+def panel(layout: Layout, title: str, description: str, unit: str, targets: list[tuple[str, str]],
+          kind: str = "timeseries", width: int = 12, height: int = 8, **options: Any) -> dict[str, Any]:
+    panel_id = layout.next_id
+    layout.next_id += 1
+    result: dict[str, Any] = {
+        "id": panel_id, "type": kind, "title": title, "description": description,
+        "datasource": DATASOURCE, "gridPos": layout.place(width, height),
+        "fieldConfig": {"defaults": {"unit": unit, **options.pop("defaults", {})}, "overrides": []},
+        "options": options or {"legend": {"displayMode": "list", "placement": "bottom"},
+                                "tooltip": {"mode": "multi"}},
+        "targets": [
+            {"refId": chr(ord("A") + index), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            for index, (expr, legend) in enumerate(targets)
+        ],
+    }
+    return result
+
+
+def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
+    group = f"{by}, le" if by else "le"
+    return [
+        (f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RI}])))",
+         f"p{int(q * 100)}" + (f" {{{{{by}}}}}" if by else ""))
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any]],
+              model_source: str) -> dict[str, Any]:
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["ollama", "llm"],
+        "editable": True, "schemaVersion": 39, "version": 1, "refresh": "30s", "timezone": "",
+        "time": {"from": "now-6h", "to": "now"}, "graphTooltip": 1,
+        "templating": variables(model_source), "annotations": {"list": []}, "panels": panels,
+        "links": [{"title": "Ollama GPU" if uid == "ollama-overview" else "Ollama overview", "type": "link",
+                   "url": "/d/ollama-gpu" if uid == "ollama-overview" else "/d/ollama-overview"}],
+    }
+
+
+def overview() -> dict[str, Any]:
+    layout = Layout()
+    panels = [
+        panel(layout, "Request rate by model and outcome",
+              "Requests per second relayed to Ollama, split by model and by how they ended.", "reqps",
+              [(f"sum by (model, outcome) (rate(ollama_requests_total{{{SEL}}}[{RI}]))", "{{model}} {{outcome}}")]),
+        panel(layout, "Request duration",
+              "Time from a request's arrival at the proxy to the last byte of the reply: p50, p95, p99.", "s",
+              quantiles("ollama_request_duration_seconds")),
+        panel(layout, "Time to first token",
+              "Streamed requests: arrival to the first generated text, thinking or tool call (includes queueing "
+              "and model load).", "s", quantiles("ollama_time_to_first_token_seconds")),
+        panel(layout, "Inter-token latency",
+              "Streamed requests: gaps between consecutive generated chunks as clients received them.", "s",
+              quantiles("ollama_inter_token_latency_seconds")),
+        panel(layout, "Prompt and generated tokens per second",
+              "Tokens per second across the selected models, as Ollama reported them.", "short",
+              [(f"sum(rate(ollama_prompt_tokens_total{{{SEL}}}[{RI}]))", "prompt"),
+               (f"sum(rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "generated")]),
+        panel(layout, "Decode speed by model",
+              "Generated tokens per second of decode time (eval_count / eval_duration): the GPU's real speed.",
+              "short",
+              [(f"sum by (model) (rate(ollama_generation_tokens_total{{{SEL}}}[{RI}])) / "
+                f"sum by (model) (rate(ollama_eval_seconds_total{{{SEL}}}[{RI}]))", "{{model}}")]),
+        panel(layout, "Errors and aborted requests",
+              "Requests that did not succeed, by outcome: 4xx, 5xx, Ollama unreachable, streams cut off, clients "
+              "that went away.", "reqps",
+              [(f'sum by (outcome) (rate(ollama_requests_total{{{SEL}, outcome!="success"}}[{RI}]))',
+                "{{outcome}}"),
+               (f"sum by (phase) (rate(ollama_client_disconnects_total{{{SEL}}}[{RI}]))", "disconnect {{phase}}")]),
+        panel(layout, "In-flight requests",
+              "Requests queued in Ollama or generating right now.", "short",
+              [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}})", "{{model}}")]),
+        panel(layout, "Finish reasons",
+              "Why generations stopped: stop, length (hit the token limit), tool calls, …", "reqps",
+              [(f"sum by (reason) (rate(ollama_finished_requests_total{{{SEL}}}[{RI}]))", "{{reason}}")]),
+        panel(layout, "Loaded models and VRAM",
+              "Models Ollama holds in memory and the GPU memory each occupies.", "bytes",
+              [(f"sum by (model) (ollama_model_vram_bytes{{{SEL}}})", "{{model}} VRAM"),
+               (f"sum by (model) (ollama_model_size_bytes{{{SEL}}})", "{{model}} total")]),
+        panel(layout, "GPU offload per model",
+              "Share of each loaded model held on the GPU; below 100% part of it runs on the CPU, slowly.",
+              "percentunit",
+              [(f"min by (model) (ollama_model_gpu_offload_ratio{{{SEL}}})", "{{model}}")],
+              defaults={"min": 0, "max": 1}),
+        panel(layout, "Model loads and unloads",
+              "Models appearing in and leaving Ollama's memory; a steady stream means thrashing.", "short",
+              [(f"sum by (model) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))", "load {{model}}"),
+               (f"sum by (model) (increase(ollama_model_unloads_total{{{SEL}}}[{RI}]))", "unload {{model}}")]),
+    ]
+    return dashboard("ollama-overview", "Ollama overview",
+                     "Traffic, latency, tokens and model state of Ollama, measured by ollama-metrics-proxy.",
+                     panels, "ollama_requests_total")
+
+
+def gpu() -> dict[str, Any]:
+    layout = Layout()
+    gpu_sel = INST
+    panels = [
+        panel(layout, "GPU utilization", "Share of time a kernel ran on each GPU.", "percentunit",
+              [(f"ollama_gpu_utilization_ratio{{{gpu_sel}}}", "GPU {{gpu}} {{instance}}")],
+              defaults={"min": 0, "max": 1}),
+        panel(layout, "GPU memory", "GPU memory in use and installed.", "bytes",
+              [(f"ollama_gpu_memory_used_bytes{{{gpu_sel}}}", "used GPU {{gpu}} {{instance}}"),
+               (f"ollama_gpu_memory_total_bytes{{{gpu_sel}}}", "total GPU {{gpu}} {{instance}}")]),
+        panel(layout, "GPU temperature", "Core temperature; sustained values above 85 °C throttle clocks.",
+              "celsius", [(f"ollama_gpu_temperature_celsius{{{gpu_sel}}}", "GPU {{gpu}} {{instance}}")]),
+        panel(layout, "GPU power", "Power draw against the enforced power limit.", "watt",
+              [(f"ollama_gpu_power_watts{{{gpu_sel}}}", "draw GPU {{gpu}} {{instance}}"),
+               (f"ollama_gpu_power_limit_watts{{{gpu_sel}}}", "limit GPU {{gpu}} {{instance}}")]),
+        panel(layout, "Energy per 1,000 generated tokens",
+              "GPU energy divided by the tokens generated through the proxy on the same host, in joules per "
+              "1,000 tokens.", "joule",
+              [(f"1000 * sum by (instance) (rate(ollama_gpu_energy_joules_total{{{gpu_sel}}}[{RI}])) / "
+                f"sum by (instance) (rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "{{instance}}")]),
+        panel(layout, "GPU memory per process",
+              "GPU memory held by each process, so the Ollama runner's share shows.", "bytes",
+              [(f"ollama_gpu_process_memory_bytes{{{gpu_sel}}}", "{{process}} ({{pid}}) GPU {{gpu}}")]),
+        panel(layout, "SM clock", "Streaming-multiprocessor clock; drops under thermal or power throttling.",
+              "hertz", [(f"ollama_gpu_sm_clock_hertz{{{gpu_sel}}}", "GPU {{gpu}} {{instance}}")]),
+        panel(layout, "Fan speed", "Fan speed as a share of its maximum, where the GPU reports it.",
+              "percentunit", [(f"ollama_gpu_fan_ratio{{{gpu_sel}}}", "GPU {{gpu}} {{instance}}")],
+              defaults={"min": 0, "max": 1}),
+    ]
+    return dashboard("ollama-gpu", "Ollama GPU",
+                     "NVIDIA GPU telemetry read by ollama-metrics-proxy through NVML, and energy per token.",
+                     panels, "ollama_requests_total")
+
+
+DASHBOARDS = {"ollama-overview.json": overview, "ollama-gpu.json": gpu}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    for filename, build in DASHBOARDS.items():
+        (HERE / filename).write_text(render(build))
+        print(f"wrote {HERE / filename}")

@@ -1,0 +1,225 @@
+"""The monitoring kit, checked by the real tools: compose schema, promtool, dashboards, Kubernetes, examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ProxyUnderTest
+
+ROOT = Path(__file__).parent.parent
+PROMETHEUS_DIR = ROOT / "examples" / "prometheus"
+DASHBOARDS = [ROOT / "dashboards" / "ollama-overview.json", ROOT / "dashboards" / "ollama-gpu.json"]
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None and os.environ.get("CI") != "true",
+    reason="promtool missing: install Debian's prometheus package (make test does, as root)")
+
+
+def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+
+
+async def run_async(*command: str) -> tuple[int, str, str]:
+    """For commands that talk to the in-process proxy: the event loop must keep serving meanwhile."""
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, stdout.decode(), stderr.decode()
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def targets(dashboard: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(panel, target) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+# ---------------------------------------------------------------- container and compose
+
+
+def test_compose_files_match_the_compose_specification() -> None:
+    result = run(sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                 "docker-compose.yml", "docker-compose.gpu.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_stack_shape_and_mounted_files_exist() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "version" not in compose
+    services = compose["services"]
+    assert set(services) == {"ollama", "proxy", "prometheus", "grafana"}
+    assert "ports" not in services["ollama"]  # Ollama is reachable only inside the compose network
+    assert "11434:11434" in services["proxy"]["ports"]
+    assert services["ollama"]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
+    assert "ollama:/root/.ollama" in services["ollama"]["volumes"]
+    assert "GRAFANA_ADMIN_PASSWORD" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{source} is mounted but missing"
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
+    devices = gpu["services"]["ollama"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+def test_dockerfile_runs_as_non_root_with_a_curl_free_healthcheck() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^USER proxy$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.MULTILINE)
+    healthcheck = next(line for line in dockerfile.splitlines() if "CMD" in line and "healthy" in line)
+    assert "/-/healthy" in healthcheck and "curl" not in healthcheck
+    assert "OLLAMA_METRICS_PROXY_LISTEN=0.0.0.0:11434" in dockerfile
+
+
+async def test_dockerfile_healthcheck_command_works(proxy: ProxyUnderTest) -> None:
+    """The HEALTHCHECK's Python one-liner, run for real against a running proxy's metrics port."""
+    line = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "urlopen" in line)
+    code = json.loads(line.split("CMD", 1)[1].strip())[2]
+    port = proxy.metrics_url.rsplit(":", 1)[1]
+    returncode, _, stderr = await run_async(sys.executable, "-c", code.replace("9934", port))
+    assert returncode == 0, stderr
+
+
+# ---------------------------------------------------------------- Prometheus configuration and rules
+
+
+@needs_promtool
+def test_promtool_check_config() -> None:
+    result = run(str(PROMTOOL), "check", "config", "--syntax-only",
+                 "examples/prometheus/prometheus-compose.yml", "examples/prometheus/prometheus-host.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    rules = sorted(str(path.relative_to(ROOT)) for path in (PROMETHEUS_DIR / "rules").glob("*.yml"))
+    result = run(str(PROMTOOL), "check", "rules", *rules)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 11 rules found" in result.stdout and "SUCCESS: 9 rules found" in result.stdout
+
+
+@needs_promtool
+def test_promtool_unit_tests_cover_every_alert_firing_and_not() -> None:
+    result = run(str(PROMTOOL), "test", "rules", "tests/alerts.test.yml", cwd=PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {rule["alert"] for group in yaml.safe_load((PROMETHEUS_DIR / "rules" / "ollama-alerts.yml").read_text())
+              ["groups"] for rule in group["rules"]}
+    tests = yaml.safe_load((PROMETHEUS_DIR / "tests" / "alerts.test.yml").read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    quiet = {case["alertname"] for test in tests for case in test["alert_rule_test"] if not case["exp_alerts"]}
+    assert tested == alerts == quiet
+    for test in tests:  # each scenario has an instance that must not fire beside the one that must
+        assert any('instance="good"' in series["series"] for series in test["input_series"])
+
+
+def test_rules_carry_runbook_descriptions() -> None:
+    for group in yaml.safe_load((PROMETHEUS_DIR / "rules" / "ollama-alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            assert len(rule["annotations"]["description"]) > 120, rule["alert"]
+            assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+
+
+# ---------------------------------------------------------------- dashboards
+
+
+def test_dashboards_are_generated_from_the_script() -> None:
+    sys.path.insert(0, str(ROOT / "dashboards"))
+    try:
+        import generate  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    for path in DASHBOARDS:
+        assert path.read_text() == generate.render(generate.DASHBOARDS[path.name]), (
+            f"{path.name} is stale: run python dashboards/generate.py")
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.name)
+def test_dashboard_conventions(path: Path) -> None:
+    dashboard = load_dashboard(path)
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert {"instance", "model"} <= set(variables)
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+        assert len(panel["description"]) > 20, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            expr = target["expr"]
+            for call in re.findall(r"\b(?:rate|increase|irate)\([^\[]*\[([^\]]+)\]", expr):
+                assert call == "$__rate_interval", (panel["title"], expr)
+            assert '$instance' in expr, (panel["title"], expr)
+    uids = {load_dashboard(other)["uid"] for other in DASHBOARDS}
+    assert len(uids) == len(DASHBOARDS)
+
+
+def test_overview_dashboard_has_every_requested_panel() -> None:
+    titles = {panel["title"] for panel in load_dashboard(DASHBOARDS[0])["panels"]}
+    for wanted in ("Request rate", "Request duration", "Time to first token", "Inter-token latency",
+                   "tokens per second", "Decode speed", "Errors and aborted", "In-flight", "Finish reasons",
+                   "Loaded models", "GPU offload", "Model loads and unloads"):
+        assert any(wanted in title for title in titles), wanted
+    gpu_titles = {panel["title"] for panel in load_dashboard(DASHBOARDS[1])["panels"]}
+    for wanted in ("utilization", "memory", "temperature", "power", "Energy per 1,000", "per process"):
+        assert any(wanted.lower() in title.lower() for title in gpu_titles), wanted
+
+
+def test_grafana_provisioning_points_at_the_dashboards() -> None:
+    datasource = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((ROOT / "dashboards/provisioning/dashboards/dashboards.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# ---------------------------------------------------------------- Kubernetes and client examples
+
+
+def test_kubernetes_sidecar_example() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "examples/kubernetes/ollama-with-metrics-proxy.yaml").read_text()))
+    kinds = {document["kind"]: document for document in documents}
+    assert {"Deployment", "Service", "PodMonitor", "PersistentVolumeClaim"} <= set(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9934"
+    proxy = next(container for container in pod["spec"]["containers"] if container["name"] == "metrics-proxy")
+    assert proxy["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    assert proxy["resources"]["limits"]["memory"]
+    ports = {port["name"]: port["containerPort"] for port in proxy["ports"]}
+    service_ports = {port["name"]: port["targetPort"] for port in kinds["Service"]["spec"]["ports"]}
+    assert service_ports["ollama-api"] in ports and ports["ollama-api"] == 11434
+    assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    env = {item["name"]: item["value"] for item in proxy["env"]}
+    ollama = next(container for container in pod["spec"]["containers"] if container["name"] == "ollama")
+    ollama_env = {item["name"]: item["value"] for item in ollama["env"]}
+    assert env["OLLAMA_METRICS_PROXY_UPSTREAM"] == f"http://{ollama_env['OLLAMA_HOST']}"
+
+
+@pytest.mark.parametrize("script", ["ollama_client.py", "openai_client.py"])
+async def test_python_client_examples_run_against_the_proxy(proxy: ProxyUnderTest, script: str) -> None:
+    returncode, stdout, stderr = await run_async(sys.executable, str(ROOT / "examples/clients" / script),
+                                                 proxy.url, "llama3.2")
+    assert returncode == 0, stderr
+    assert stdout.strip()
+    assert proxy.value("ollama_requests_total", endpoint="/api/chat" if "ollama" in script else
+                       "/v1/chat/completions", model="llama3.2:latest", outcome="success") == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_example_runs_against_the_proxy(proxy: ProxyUnderTest) -> None:
+    returncode, stdout, stderr = await run_async("sh", str(ROOT / "examples/clients/curl.sh"), proxy.url,
+                                                 "llama3.2", proxy.metrics_url)
+    assert returncode == 0, stderr
+    assert 'ollama_generation_tokens_total{endpoint="/api/generate",model="llama3.2:latest"} 259.0' in stdout

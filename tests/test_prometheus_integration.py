@@ -1,0 +1,186 @@
+"""A real Prometheus scrapes the proxy while traffic flows; every PromQL expression in the kit must work.
+
+Expressions come from both dashboards and every rule file, with Grafana's template variables substituted.
+Each must parse and evaluate; each overview panel must return data; and every metric name used in the
+dashboards, rules, README and examples must be one the proxy exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.conftest import ProxyUnderTest
+from tests.fake_ollama import UNKNOWN_MODEL, FakeOllama, rec
+from tests.test_exposition import drive_every_route, scrape
+
+ROOT = Path(__file__).parent.parent
+PROMETHEUS = shutil.which("prometheus")
+RULE_FILES = sorted((ROOT / "examples/prometheus/rules").glob("*.yml"))
+DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
+SUBSTITUTIONS = {"$__rate_interval": "15s", "$instance": ".*", "$model": ".*"}
+METRIC_NAME = re.compile(r"\b(ollama_[a-z0-9_]*[a-z0-9])\b(?!\.py)")  # not module file names
+# Words shaped like metric names that are not metrics: a /-/ready JSON field and a `source` label value.
+NOT_METRICS = {"ollama_version", "ollama_process"}
+
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None and os.environ.get("CI") != "true",
+    reason="prometheus missing: install Debian's prometheus package (make test does, as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def substitute(expr: str) -> str:
+    for variable, value in SUBSTITUTIONS.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard uid, panel title, expression) for every target."""
+    return [(dashboard["uid"], panel["title"], substitute(target["expr"]))
+            for path in DASHBOARDS for dashboard in [json.loads(path.read_text())]
+            for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def rule_queries() -> list[tuple[str, str]]:
+    return [(rule.get("record") or rule["alert"], rule["expr"])
+            for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]]
+
+
+class Prometheus:
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.http = http
+
+    async def query(self, expr: str) -> list[dict[str, object]]:
+        async with self.http.post(self.url + "/api/v1/query", data={"query": expr}) as response:
+            body = await response.json()
+        assert body["status"] == "success", f"{expr}: {body}"
+        result: list[dict[str, object]] = body["data"]["result"]
+        return result
+
+    async def wait_for(self, expr: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not await self.query(expr):
+            assert time.monotonic() < deadline, f"no data for {expr}"
+            await asyncio.sleep(0.25)
+
+
+@pytest.fixture
+async def prometheus(full_proxy: ProxyUnderTest, tmp_path: Path) -> AsyncIterator[Prometheus]:
+    assert PROMETHEUS is not None, "CI must have prometheus: make test installs Debian's prometheus package"
+    target = full_proxy.metrics_url.removeprefix("http://")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in RULE_FILES],
+        "scrape_configs": [{"job_name": "ollama-proxy", "static_configs": [{"targets": [target]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    async with aiohttp.ClientSession() as api:  # Prometheus gzips its answers
+        server = Prometheus(f"http://127.0.0.1:{port}", api)
+        try:
+            await _wait_ready(server, process)
+            yield server
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+async def _wait_ready(server: Prometheus, process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            assert process.stderr is not None
+            raise AssertionError("prometheus exited: " + (await process.stderr.read()).decode())
+        try:
+            async with server.http.get(server.url + "/-/ready") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("prometheus did not become ready")
+
+
+async def drive_traffic(proxy: ProxyUnderTest, fake: FakeOllama, http: aiohttp.ClientSession) -> None:
+    await drive_every_route(proxy, http)
+    async with http.post(proxy.url + "/api/generate", json={"model": UNKNOWN_MODEL}) as response:
+        assert response.status == 404
+    fake.gate = asyncio.Event()  # one client gives up mid-stream
+    response = await http.post(proxy.url + "/api/chat", json={"model": "llama3.2"})
+    await response.content.readline()
+    response.close()
+    await asyncio.sleep(0.05)
+    fake.gate = None
+
+
+async def test_every_kit_expression_evaluates_against_real_scrapes(
+    full_proxy: ProxyUnderTest, fake: FakeOllama, prometheus: Prometheus, http: aiohttp.ClientSession,
+) -> None:
+    await prometheus.wait_for('up{job="ollama-proxy"} == 1')
+    await prometheus.wait_for("ollama_up == 1")
+    # Traffic in two bursts a couple of scrapes apart, so every rate window sees counters grow.
+    await drive_traffic(full_proxy, fake, http)
+    await prometheus.wait_for("ollama_requests_total")
+    fake.override["/api/ps"] = rec("ps_two.json")  # a model load between scrapes
+    await full_proxy.running.poller.poll_once()
+    await asyncio.sleep(2.5)
+    await drive_traffic(full_proxy, fake, http)
+    await asyncio.sleep(2.5)
+
+    empty_panels = set()
+    for uid, title, expr in dashboard_queries():
+        result = await prometheus.query(expr)  # asserts it parses and evaluates
+        if uid == "ollama-overview" and not result:
+            empty_panels.add(title)
+    overview_titles = {title for uid, title, _ in dashboard_queries() if uid == "ollama-overview"}
+    assert empty_panels == set(), f"overview panels without data: {empty_panels}"
+    assert len(overview_titles) >= 12
+    # GPU panels have data too, from the fake NVML behind the proxy.
+    assert await prometheus.query(substitute(
+        "1000 * sum by (instance) (rate(ollama_gpu_energy_joules_total[$__rate_interval]))"))
+
+    for _, expr in rule_queries():
+        await prometheus.query(expr)
+    assert await prometheus.query(dict(rule_queries())["ollama:requests:rate5m"])
+    assert await prometheus.query(dict(rule_queries())["ollama:decode_tokens_per_second:rate5m"])
+
+
+async def test_every_metric_name_in_the_kit_is_exported(
+    full_proxy: ProxyUnderTest, http: aiohttp.ClientSession,
+) -> None:
+    await drive_every_route(full_proxy, http)
+    _, text = await scrape(full_proxy, http)
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    exported |= {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines()
+                 if line and not line.startswith("#")}
+    sources = [*DASHBOARDS, *RULE_FILES, ROOT / "README.md", *(ROOT / "examples").rglob("*.*")]
+    used: dict[str, set[str]] = {}
+    for path in sources:
+        for name in METRIC_NAME.findall(path.read_text()):
+            used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    assert used, "no metric names found"
+    missing = {name: sorted(where) for name, where in used.items() if name not in exported | NOT_METRICS}
+    assert missing == {}, f"used but not exported: {missing}"
