@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from ollama_metrics_proxy import __version__
+from ollama_metrics_proxy.analytics import Analytics, add_routes
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.sources import SourceHealth
 from ollama_metrics_proxy.telemetry import Samplers
@@ -93,12 +94,11 @@ async def system(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    return json_response(404, {"error": f"no such endpoint {request.path}; try /metrics, /-/healthy, /-/ready "
-                                        "or /-/system"})
+    return json_response(404, {"error": f"no such endpoint {request.path}; see / for the list"})
 
 
 def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, samplers: Samplers,
-                      started_at: float) -> web.Application:
+                      started_at: float, analytics: Analytics) -> web.Application:
     app = web.Application()
     app[REGISTRY_KEY] = registry
     app[POLLER_KEY] = poller
@@ -108,5 +108,6 @@ def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, sa
     app.router.add_get("/-/healthy", healthy)  # add_get also answers HEAD
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/-/system", system)
+    add_routes(app, analytics)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -60,6 +60,13 @@ class Config:
     system_interval: float = 5.0
     ollama_pid: int | None = None
     models_dir: str | None = None
+    log_db: str | None = None  # None: the request log is off; a file path (SQLite) or a postgresql:// URL
+    log_retention_days: float = 30.0
+    log_max_rows: int = 1_000_000
+    log_content: bool = False
+    log_content_max_bytes: int = 4096
+    client_header: str | None = None
+    admin_token: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -79,6 +86,12 @@ class Config:
             "system_interval": self.system_interval,
             "ollama_pid": self.ollama_pid,
             "models_dir": self.models_dir,
+            "log_db": redact_url(self.log_db) if self.log_db else "off",
+            "log_retention_days": self.log_retention_days,
+            "log_max_rows": self.log_max_rows,
+            "log_content": self.log_content,
+            "client_header": self.client_header,
+            "admin_token": "set" if self.admin_token else "not set (mutating endpoints disabled)",
         }
 
 
@@ -193,6 +206,53 @@ def parse_models_dir(text: str) -> str | None:
     return path
 
 
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "ollama-metrics-proxy")
+
+
+def parse_log_db(text: str) -> str | None:
+    """``off``, a ``postgresql://`` URL, or an SQLite file path (empty: requests.sqlite3 in the data directory)."""
+    value = text.strip()
+    if value.lower() == "off":
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        if not urlsplit(value).hostname and "host=" not in value:
+            raise ConfigError(f"PostgreSQL URL has no host: {redact_url(value)!r}")
+        return value
+    if "://" in value:
+        raise ConfigError(f"must be off, a file path or a postgresql:// URL, got {redact_url(value)!r}")
+    path = os.path.expanduser(value) if value else os.path.join(default_data_dir(), "requests.sqlite3")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"cannot hold a database: {directory!r} is not a directory")
+    return path
+
+
+def redact_url(value: str) -> str:
+    """Hide the password of a database URL in logs and messages."""
+    parts = urlsplit(value)
+    if parts.password:
+        return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
+
+def parse_header_name(text: str) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not all(char.isalnum() or char in "-_" for char in value):
+        raise ConfigError(f"must be an HTTP header name like X-User, got {text!r}")
+    return value
+
+
+def parse_secret(text: str) -> str | None:
+    value = text.strip()
+    if value and len(value) < 16:
+        raise ConfigError("must be at least 16 characters (use a random token, e.g. `openssl rand -hex 24`)")
+    return value or None
+
+
 def choice(options: Sequence[str]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -247,6 +307,21 @@ OPTIONS: tuple[Option, ...] = (
            "PID of the Ollama server (default: found by name)"),
     Option("models_dir", "--models-dir", parse_models_dir, "",
            "Ollama's models directory (default: OLLAMA_MODELS, else ~/.ollama/models when it exists)"),
+    Option("log_db", "--log-db", parse_log_db, "",
+           "request log: an SQLite file (default requests.sqlite3 under $XDG_DATA_HOME/ollama-metrics-proxy), "
+           "a postgresql:// URL for a fleet, or off"),
+    Option("log_retention_days", "--log-retention-days", parse_positive_float, "30",
+           "delete request-log records older than this many days"),
+    Option("log_max_rows", "--log-max-rows", parse_positive_int, "1000000",
+           "keep at most this many request-log records (oldest deleted first)"),
+    Option("log_content", "--log-content", parse_switch, "off",
+           "also store prompt and response text in the request log (off: never stored)"),
+    Option("log_content_max_bytes", "--log-content-max-bytes", parse_positive_int, "4096",
+           "with --log-content, keep at most this many bytes of each prompt and response"),
+    Option("client_header", "--client-header", parse_header_name, "",
+           "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("admin_token", "--admin-token", parse_secret, "",
+           "bearer token for mutating endpoints (DELETE /-/logs); unset: they are disabled. Prefer the variable"),
 )
 
 

@@ -39,6 +39,11 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     client: str = ""
+    client_identity: str | None = None
+    wall_started: float = 0.0  # unix time, for the request log
+    # Bounded copies of the bodies, kept only with --log-content.
+    captured_request: bytearray | None = None
+    captured_response: bytearray | None = None
     observation: Observation = field(default_factory=Observation)
 
     def finish(self, outcome: Outcome, ended: float) -> None:

@@ -21,6 +21,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ollama_metrics_proxy.content import CAPTURE_BYTES
 from ollama_metrics_proxy.endpoints import BLOBS, classify
 from ollama_metrics_proxy.exchange import Exchange, Outcome, outcome_for_response
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
@@ -28,6 +29,7 @@ from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
 from ollama_metrics_proxy.ollama_state import connection_failure
 from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.request_log import client_identity
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,14 @@ def json_error(status: int, message: str) -> web.Response:
 
 class Proxy:
     def __init__(self, upstream: str, session: aiohttp.ClientSession, recorder: Recorder,
-                 clock: Clock = time.perf_counter) -> None:
+                 clock: Clock = time.perf_counter, *, client_header: str | None = None,
+                 capture_content: bool = False) -> None:
         self._upstream = upstream
         self._session = session
         self._recorder = recorder
         self._clock = clock
+        self._client_header = client_header
+        self._capture_content = capture_content
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not request.raw_path.startswith("/"):
@@ -79,7 +84,12 @@ class Proxy:
             return json_error(400, "ollama-metrics-proxy forwards only to its configured upstream; "
                                    "send an origin-form request target such as /api/tags")
         exchange = Exchange(endpoint=classify(request.path), method=request.method, path=request.path,
-                            started=self._clock(), client=request.remote or "")
+                            started=self._clock(), client=request.remote or "", wall_started=time.time())
+        if self._client_header:
+            exchange.client_identity = client_identity(self._client_header,
+                                                       request.headers.get(self._client_header))
+        if self._capture_content:  # opt-in only: --log-content
+            exchange.captured_request, exchange.captured_response = bytearray(), bytearray()
         body = RequestBody(request, exchange)
         in_flight = ""
         try:
@@ -134,6 +144,7 @@ class Proxy:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         observer = self._observer(exchange)
+        captured = exchange.captured_response
         try:
             async for chunk in upstream.content.iter_any():
                 try:
@@ -142,6 +153,8 @@ class Proxy:
                     exchange.finish(Outcome.ABORTED, self._clock())
                     return response  # aiohttp notices the closed transport itself
                 exchange.bytes_out += len(chunk)
+                if captured is not None and len(captured) < CAPTURE_BYTES:
+                    captured += chunk[: CAPTURE_BYTES - len(captured)]
                 try:
                     observer.feed(chunk)
                 except Exception:
@@ -200,7 +213,7 @@ class RequestBody:
         if not self._request.body_exists:
             return
         self._first = await self._request.content.readany()
-        self._exchange.bytes_in += len(self._first)
+        self._note(self._first)
         if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
             self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])
 
@@ -208,5 +221,11 @@ class RequestBody:
         if self._first:
             yield self._first
         async for chunk in self._request.content.iter_any():
-            self._exchange.bytes_in += len(chunk)
+            self._note(chunk)
             yield chunk
+
+    def _note(self, chunk: bytes) -> None:
+        self._exchange.bytes_in += len(chunk)
+        captured = self._exchange.captured_request
+        if captured is not None and len(captured) < CAPTURE_BYTES:
+            captured += chunk[: CAPTURE_BYTES - len(captured)]

@@ -10,15 +10,20 @@ import logging
 
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
+from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
+from ollama_metrics_proxy.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
 
 
 class Recorder:
-    def __init__(self, metrics: TrafficMetrics, models: ModelLabels) -> None:
+    def __init__(self, metrics: TrafficMetrics, models: ModelLabels, live: LiveStats | None = None,
+                 request_log: RequestLog | None = None) -> None:
         self.metrics = metrics
         self.models = models
+        self.live = live if live is not None else LiveStats()
+        self.request_log = request_log
 
     def start(self, exchange: Exchange) -> str:
         """Count the request in flight; returns the model label used, to pass back to ``finish``.
@@ -28,6 +33,7 @@ class Recorder:
         try:
             label = self.models.resolve(exchange.request_model, may_add=False)
             self.metrics.in_flight.labels(exchange.endpoint, label).inc()
+            self.live.request_started(exchange)
             return label
         except Exception:
             self._internal_error("start")
@@ -37,9 +43,15 @@ class Recorder:
         try:
             if in_flight_label:
                 self.metrics.in_flight.labels(exchange.endpoint, in_flight_label).dec()
-            self._record(exchange)
+            model = self._record(exchange)
+            self.live.request_finished(exchange, model)
         except Exception:
             self._internal_error("record")
+        if self.request_log is not None:
+            try:
+                self.request_log.submit(exchange)
+            except Exception:
+                self._internal_error("request_log")
 
     def count_internal_error(self, stage: str) -> None:
         self._internal_error(stage)
@@ -51,7 +63,8 @@ class Recorder:
         except Exception:  # the counter itself failing must not escalate either
             log.exception("could not count an internal error")
 
-    def _record(self, exchange: Exchange) -> None:
+    def _record(self, exchange: Exchange) -> str:
+        """Update every traffic metric; returns the model label used."""
         m, obs, endpoint = self.metrics, exchange.observation, exchange.endpoint
         outcome = exchange.outcome or Outcome.SUCCESS
         admitted = 200 <= exchange.status < 400
@@ -75,6 +88,7 @@ class Recorder:
         m.relayed_bytes.labels(endpoint, "response").inc(exchange.bytes_out)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request", extra={"fields": _log_fields(exchange, model, outcome)})
+        return model
 
     def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
         m, obs = self.metrics, exchange.observation

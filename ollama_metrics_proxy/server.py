@@ -17,13 +17,17 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
+from ollama_metrics_proxy.analytics import Analytics
 from ollama_metrics_proxy.config import Config, HostPort
 from ollama_metrics_proxy.labels import ModelLabels
+from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.sources import SourceUnavailable
+from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,8 @@ class RunningProxy:
     poller: OllamaStatePoller
     session: aiohttp.ClientSession
     samplers: Samplers
+    request_log: RequestLog | None = None
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
     runners: list[web.AppRunner] = field(default_factory=list)
     proxy_address: HostPort | None = None
@@ -78,6 +84,8 @@ class RunningProxy:
             await asyncio.to_thread(sampler.stop)
         for runner in self.runners:
             await runner.cleanup()
+        if self.request_log is not None:
+            await asyncio.to_thread(self.request_log.stop)  # writes what is still queued
         await self.session.close()
 
 
@@ -91,24 +99,53 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
             raise StartupError(f"--gpu on, but NVML is unavailable: {exc.detail}") from None
     metrics = TrafficMetrics(registry)
     models = ModelLabels(config.max_models, metrics.label_overflows.labels("model").inc)
-    recorder = Recorder(metrics, models)
+    live = LiveStats()
+    request_log = build_request_log(config, registry)
+    recorder = Recorder(metrics, models, live, request_log)
     session = upstream_session(config)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host)
-    running = RunningProxy(config, registry, recorder, poller, session, samplers)
+    running = RunningProxy(config, registry, recorder, poller, session, samplers, request_log)
     try:
+        proxy = Proxy(config.upstream, session, recorder, client_header=config.client_header,
+                      capture_content=config.log_content and request_log is not None)
         proxy_app = web.Application()
-        proxy_app.router.add_route("*", "/{tail:.*}", Proxy(config.upstream, session, recorder).handle)
+        proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
         running.proxy_address = await _serve(running, proxy_app, config.listen, "--listen")
-        metrics_app = build_metrics_app(registry, poller, samplers, running.started_at)
+        analytics = Analytics(live, request_log, config.admin_token, config.client_header,
+                              api_address=str(running.proxy_address))
+        metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics)
         running.metrics_address = await _serve(running, metrics_app, config.metrics_listen, "--metrics-listen")
     except BaseException:
         await running.stop()
         raise
     poller.start()
+    if request_log is not None:
+        request_log.start()
+        running.background.add(asyncio.create_task(_check_request_log(request_log)))
     for sampler in samplers.all():
         sampler.start()
     return running
+
+
+def build_request_log(config: Config, registry: CollectorRegistry) -> RequestLog | None:
+    if config.log_db is None:
+        return None
+    proxy_name = f"{socket.gethostname()}:{config.listen.port}"
+    return RequestLog(open_store(config.log_db), registry, proxy_name=proxy_name,
+                      retention_days=config.log_retention_days, max_rows=config.log_max_rows,
+                      content_limit=config.log_content_max_bytes if config.log_content else 0)
+
+
+async def _check_request_log(request_log: RequestLog) -> None:
+    """Say at start-up, once, whether the request log's database works; the proxy runs either way."""
+    try:
+        await asyncio.to_thread(request_log.store.ping)
+    except StoreError as exc:
+        log.warning("request log: %s is unavailable (%s); requests are relayed and counted, their records "
+                    "dropped until it works", request_log.store.describe(), exc)
+    else:
+        log.info("request log: writing to %s", request_log.store.describe())
 
 
 async def _serve(running: RunningProxy, app: web.Application, address: HostPort, flag: str) -> HostPort:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ollama_metrics_proxy.cli import main
@@ -20,9 +22,13 @@ def load(argv: list[str], env: dict[str, str] | None = None) -> tuple[Config | N
 
 
 def test_defaults_listen_on_loopback() -> None:
-    config, errors = load([])
+    config, errors = load([], {"XDG_DATA_HOME": "/data"})
     assert errors == []
-    assert config == Config()
+    assert config is not None
+    # The request log is on by default, in an SQLite file under the data directory; content is never kept.
+    assert config.log_db is not None and config.log_db.endswith("/ollama-metrics-proxy/requests.sqlite3")
+    assert config.log_content is False and config.admin_token is None
+    assert replace(config, log_db=None, models_dir=None) == Config()
     assert config.listen == HostPort("127.0.0.1", 11435)
     assert config.metrics_listen == HostPort("127.0.0.1", DEFAULT_METRICS_PORT)
     assert 9100 <= DEFAULT_METRICS_PORT <= 9999

@@ -118,7 +118,7 @@ async def test_metrics_listener_traffic_is_not_counted(proxy: ProxyUnderTest, ht
             await response.read()
     async with http.get(proxy.metrics_url + "/nope") as response:
         assert response.status == 404
-        assert "try /metrics" in (await response.json())["error"]
+        assert "see / for the list" in (await response.json())["error"]
     _, text = await scrape(proxy, http)
     assert "ollama_requests_total{" not in text
 

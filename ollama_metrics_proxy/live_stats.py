@@ -1,0 +1,105 @@
+"""Figures since the proxy started, kept in memory: they work with the request log turned off."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from statistics import quantiles
+from typing import Any
+
+from ollama_metrics_proxy.endpoints import is_inference
+from ollama_metrics_proxy.exchange import Exchange, Outcome
+from ollama_metrics_proxy.store import ERROR_OUTCOMES
+
+RECENT_DURATIONS = 10_000  # percentiles are over the most recent requests, so memory stays bounded
+
+
+@dataclass
+class ModelTotals:
+    requests: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    duration_seconds: float = 0.0
+    decoded_tokens: int = 0
+    eval_seconds: float = 0.0
+    errors: int = 0
+    last_used: float = 0.0
+
+
+class LiveStats:
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.in_flight = 0
+        self.totals = ModelTotals()
+        self.aborted = 0
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+        self.models: dict[str, ModelTotals] = {}  # keyed by the bounded model label
+        self._durations: deque[float] = deque(maxlen=RECENT_DURATIONS)
+        self._lock = threading.Lock()
+
+    def request_started(self, exchange: Exchange) -> None:
+        if is_inference(exchange.endpoint):
+            self.in_flight += 1
+
+    def request_finished(self, exchange: Exchange, model_label: str) -> None:
+        if not is_inference(exchange.endpoint):
+            return
+        self.in_flight -= 1
+        obs = exchange.observation
+        duration = max(exchange.ended - exchange.started, 0.0)
+        generated = obs.generation_tokens
+        if generated is None and not obs.complete:
+            generated = obs.content_chunks
+        with self._lock:
+            self._durations.append(duration)
+            if exchange.outcome is Outcome.ABORTED:
+                self.aborted += 1
+            if obs.first_content_at is not None and exchange.streaming:
+                self.ttft_sum += obs.first_content_at - exchange.started
+                self.ttft_count += 1
+            for totals in (self.totals, self.models.setdefault(model_label, ModelTotals())):
+                totals.requests += 1
+                totals.prompt_tokens += obs.prompt_tokens or 0
+                totals.generation_tokens += generated or 0
+                totals.duration_seconds += duration
+                if obs.eval_seconds:
+                    totals.decoded_tokens += obs.generation_tokens or 0
+                    totals.eval_seconds += obs.eval_seconds
+                totals.errors += exchange.outcome in ERROR_OUTCOMES
+                totals.last_used = exchange.wall_started
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            durations = list(self._durations)
+            totals = self.totals
+            cut = quantiles(durations, n=100, method="inclusive") if len(durations) > 1 else durations * 99
+            return {
+                "uptime_seconds": round(time.time() - self.started_at, 3),
+                "requests": totals.requests,
+                "in_flight": self.in_flight,
+                "prompt_tokens": totals.prompt_tokens,
+                "generation_tokens": totals.generation_tokens,
+                "errors": totals.errors,
+                "error_ratio": totals.errors / totals.requests if totals.requests else 0.0,
+                "aborted": self.aborted,
+                "average_duration_seconds": totals.duration_seconds / totals.requests if totals.requests else None,
+                "p50_duration_seconds": cut[49] if cut else None,
+                "p95_duration_seconds": cut[94] if cut else None,
+                "average_ttft_seconds": self.ttft_sum / self.ttft_count if self.ttft_count else None,
+                "models_in_use": sorted(self.models),
+            }
+
+    def per_model(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = sorted(self.models.items(), key=lambda item: -item[1].requests)
+            return [
+                {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
+                 "generation_tokens": t.generation_tokens,
+                 "average_duration_seconds": t.duration_seconds / t.requests,
+                 "decode_tokens_per_second": t.decoded_tokens / t.eval_seconds if t.eval_seconds else None,
+                 "error_ratio": t.errors / t.requests, "last_used_ms": int(t.last_used * 1000)}
+                for name, t in rows
+            ]

@@ -1,0 +1,173 @@
+"""The request log: one record per proxied inference request, written off the event loop in batches.
+
+``submit`` runs on the event loop and only puts a record on a bounded queue. A named writer thread drains the
+queue into the database in batches and enforces retention. A slow or failing database never slows or fails a
+request: a full queue or a failed write drops records, and every dropped record is counted in
+``ollama_metrics_proxy_request_log_records_total{result=...}`` and logged (once per kind of failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter
+
+from ollama_metrics_proxy.content import prompt_text, response_text
+from ollama_metrics_proxy.endpoints import is_inference
+from ollama_metrics_proxy.exchange import Exchange, Outcome
+from ollama_metrics_proxy.labels import normalize_model
+from ollama_metrics_proxy.store import Store, StoreError, UsageRecord
+
+log = logging.getLogger(__name__)
+QUEUE_SIZE = 10_000
+BATCH_SIZE = 500
+BATCH_WAIT_SECONDS = 0.5
+RETENTION_INTERVAL_SECONDS = 300.0
+
+
+def client_identity(header: str | None, value: str | None) -> str | None:
+    """The configured client header's value; an Authorization bearer token only as a short hash."""
+    if not header or not value:
+        return None
+    if header.lower() == "authorization":
+        token = value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value
+        return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+    return value[:128]
+
+
+def record_for(exchange: Exchange, proxy_name: str, content_limit: int) -> UsageRecord:
+    obs = exchange.observation
+    generated = obs.generation_tokens
+    if generated is None and not obs.complete and obs.content_chunks:
+        generated = obs.content_chunks
+    ttft = None if obs.first_content_at is None else max(obs.first_content_at - exchange.started, 0.0)
+    model = exchange.model
+    prompt = response = None
+    if content_limit and exchange.captured_request is not None and exchange.captured_response is not None:
+        prompt = prompt_text(bytes(exchange.captured_request), content_limit)
+        response = response_text(bytes(exchange.captured_response), exchange.content_type, content_limit)
+    return UsageRecord(
+        started_ms=int(exchange.wall_started * 1000), endpoint=exchange.endpoint,
+        model=normalize_model(model) if model else None,
+        outcome=(exchange.outcome or Outcome.SUCCESS).value, status=exchange.status,
+        client_address=exchange.client or None, client_identity=exchange.client_identity,
+        prompt_tokens=obs.prompt_tokens, cached_tokens=obs.cached_tokens, generation_tokens=generated,
+        duration_seconds=max(exchange.ended - exchange.started, 0.0), ttft_seconds=ttft,
+        load_seconds=obs.load_seconds, prompt_eval_seconds=obs.prompt_eval_seconds, eval_seconds=obs.eval_seconds,
+        done_reason=obs.finish_reason, bytes_in=exchange.bytes_in, bytes_out=exchange.bytes_out, proxy=proxy_name,
+        prompt_text=prompt, response_text=response,
+    )
+
+
+class RequestLog:
+    def __init__(self, store: Store, registry: CollectorRegistry, *, proxy_name: str, retention_days: float,
+                 max_rows: int, content_limit: int = 0, queue_size: int = QUEUE_SIZE,
+                 retention_interval: float = RETENTION_INTERVAL_SECONDS) -> None:
+        self.store = store
+        self._proxy_name = proxy_name
+        self._retention_ms = int(retention_days * 86_400_000)
+        self._max_rows = max_rows
+        self.content_limit = content_limit
+        self._retention_interval = retention_interval
+        self._queue: queue.Queue[UsageRecord | None] = queue.Queue(maxsize=queue_size)
+        self._records = Counter(
+            "ollama_metrics_proxy_request_log_records_total",
+            "Request-log records by what became of them: written, or dropped because the queue was full or the "
+            "database write failed.", ("result",), registry=registry)
+        for result in ("written", "dropped_queue_full", "dropped_write_failed"):
+            self._records.labels(result)
+        self._deleted = Counter(
+            "ollama_metrics_proxy_request_log_deleted_total",
+            "Request-log records deleted by retention (age, row limit) or by DELETE /-/logs.", ("reason",),
+            registry=registry)
+        self._logged_failure: str | None = None
+        self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
+        self._next_retention = 0.0
+
+    # ---------------------------------------------------------------- event-loop side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, exchange: Exchange) -> None:
+        if not is_inference(exchange.endpoint):
+            return
+        try:
+            self._queue.put_nowait(record_for(exchange, self._proxy_name, self.content_limit))
+        except queue.Full:
+            self._records.labels("dropped_queue_full").inc()
+            self._log_failure("queue_full", f"the queue of {self._queue.maxsize} records is full; the database "
+                                            "is not keeping up")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self.store.close()
+
+    def flush(self) -> None:
+        """Block until every record submitted so far has been written or counted as dropped (tests, shutdown)."""
+        self._queue.join()
+
+    def record_deleted(self, reason: str, rows: int) -> None:
+        if rows:
+            self._deleted.labels(reason).inc(rows)
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        while True:
+            batch, stopping = self._next_batch()
+            if batch:
+                self._write(batch)
+            for _ in range(len(batch) + (1 if stopping else 0)):
+                self._queue.task_done()
+            if stopping:
+                return
+            if time.monotonic() >= self._next_retention:
+                self._next_retention = time.monotonic() + self._retention_interval
+                self._enforce_retention()
+
+    def _next_batch(self) -> tuple[list[UsageRecord], bool]:
+        batch: list[UsageRecord] = []
+        deadline = time.monotonic() + BATCH_WAIT_SECONDS
+        while len(batch) < BATCH_SIZE:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001) if batch else 1.0)
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _write(self, batch: list[UsageRecord]) -> None:
+        try:
+            self.store.insert(batch)
+        except StoreError as exc:
+            self._records.labels("dropped_write_failed").inc(len(batch))
+            self._log_failure("write_failed", f"{len(batch)} records could not be written to "
+                                              f"{self.store.describe()}: {exc}")
+            return
+        self._records.labels("written").inc(len(batch))
+        if self._logged_failure is not None:
+            log.info("request log: writing to %s again", self.store.describe())
+            self._logged_failure = None
+
+    def _enforce_retention(self) -> None:
+        try:
+            aged = self.store.delete_before(int(time.time() * 1000) - self._retention_ms)
+            self.record_deleted("retention_age", aged)
+            self.record_deleted("retention_rows", self.store.keep_newest(self._max_rows))
+        except StoreError as exc:
+            self._log_failure("retention_failed", f"retention could not run on {self.store.describe()}: {exc}")
+
+    def _log_failure(self, kind: str, message: str) -> None:
+        if self._logged_failure != kind:
+            self._logged_failure = kind
+            log.warning("request log: %s (counted in ollama_metrics_proxy_request_log_records_total)", message)

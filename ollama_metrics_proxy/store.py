@@ -1,0 +1,300 @@
+"""The request log's database: SQLite by default, PostgreSQL for a fleet. Same schema, same queries.
+
+The SQL is written once, with ``?`` placeholders that the PostgreSQL side turns into ``%s``; times are integer
+milliseconds so that bucketing by integer division behaves the same on both. Every method is blocking and is
+called from a worker thread (the writer) or through ``asyncio.to_thread`` (the JSON API), never on the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from typing import Any, Protocol
+
+ERROR_OUTCOMES = ("client_error", "server_error", "upstream_unreachable", "upstream_error", "timeout")
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One proxied inference request, as stored. Text fields stay None unless --log-content is on."""
+
+    started_ms: int
+    endpoint: str
+    model: str | None
+    outcome: str
+    status: int
+    client_address: str | None
+    client_identity: str | None
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    generation_tokens: int | None
+    duration_seconds: float
+    ttft_seconds: float | None
+    load_seconds: float | None
+    prompt_eval_seconds: float | None
+    eval_seconds: float | None
+    done_reason: str | None
+    bytes_in: int
+    bytes_out: int
+    proxy: str
+    prompt_text: str | None = None
+    response_text: str | None = None
+
+
+COLUMNS = tuple(field.name for field in fields(UsageRecord))
+
+# Each entry upgrades the schema by one version; the store applies the missing ones at start.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE requests (
+        id {id_column},
+        started_ms BIGINT NOT NULL,
+        endpoint TEXT NOT NULL,
+        model TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        client_address TEXT,
+        client_identity TEXT,
+        prompt_tokens BIGINT,
+        cached_tokens BIGINT,
+        generation_tokens BIGINT,
+        duration_seconds DOUBLE PRECISION NOT NULL,
+        ttft_seconds DOUBLE PRECISION,
+        load_seconds DOUBLE PRECISION,
+        prompt_eval_seconds DOUBLE PRECISION,
+        eval_seconds DOUBLE PRECISION,
+        done_reason TEXT,
+        bytes_in BIGINT NOT NULL,
+        bytes_out BIGINT NOT NULL,
+        proxy TEXT NOT NULL,
+        prompt_text TEXT,
+        response_text TEXT
+    );
+    CREATE INDEX requests_started ON requests (started_ms);
+    CREATE INDEX requests_model ON requests (model, started_ms)
+    """,
+)
+
+
+class Connection(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """The database refused or could not be reached; the message is shown to the user."""
+
+
+class Store:
+    """Schema management and every query, over one connection guarded by a lock."""
+
+    placeholder = "?"
+    id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- connection handling
+
+    def connect(self) -> Connection:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.target
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        with self._lock:
+            try:
+                if self._connection is None:
+                    self._connection = self.connect()
+                    self._migrate(self._connection)
+                cursor = self._connection.cursor()
+                yield cursor
+                self._connection.commit()
+            except self.errors as exc:
+                self._reset()
+                raise StoreError(str(exc).strip() or type(exc).__name__) from exc
+
+    def _reset(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(*self.errors):
+                self._connection.close()
+            self._connection = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def _sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    def _migrate(self, connection: Connection) -> None:
+        cursor = connection.cursor()
+        cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        cursor.execute("SELECT MAX(version) FROM schema_version")
+        current = cursor.fetchone()[0] or 0
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in migration.format(id_column=self.id_column).split(";"):
+                if statement.strip():
+                    cursor.execute(statement)
+            cursor.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+        connection.commit()
+
+    def ping(self) -> None:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    # ---------------------------------------------------------------- writes
+
+    def insert(self, records: Sequence[UsageRecord]) -> None:
+        statement = self._sql(f"INSERT INTO requests ({', '.join(COLUMNS)}) "
+                              f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+        with self._cursor() as cursor:
+            cursor.executemany(statement, [astuple(record) for record in records])
+
+    def delete_before(self, before_ms: int | None) -> int:
+        with self._cursor() as cursor:
+            if before_ms is None:
+                cursor.execute("DELETE FROM requests")
+            else:
+                cursor.execute(self._sql("DELETE FROM requests WHERE started_ms < ?"), (before_ms,))
+            return int(cursor.rowcount)
+
+    def keep_newest(self, rows: int) -> int:
+        """Delete all but the newest ``rows`` records."""
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("SELECT id FROM requests ORDER BY id DESC LIMIT 1 OFFSET ?"), (rows,))
+            row = cursor.fetchone()
+            if row is None:
+                return 0
+            cursor.execute(self._sql("DELETE FROM requests WHERE id <= ?"), (row[0],))
+            return int(cursor.rowcount)
+
+    # ---------------------------------------------------------------- reads
+
+    def count(self) -> int:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM requests")
+            return int(cursor.fetchone()[0])
+
+    def logs(self, filters: dict[str, Any], limit: int, cursor_key: tuple[int, int] | None) -> list[dict[str, Any]]:
+        clauses, params = self._filters(filters)
+        if cursor_key is not None:  # keyset pagination: strictly older than the last row of the previous page
+            clauses.append("(started_ms < ? OR (started_ms = ? AND id < ?))")
+            params += [cursor_key[0], cursor_key[0], cursor_key[1]]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        statement = (f"SELECT id, {', '.join(COLUMNS)} FROM requests {where} "
+                     f"ORDER BY started_ms DESC, id DESC LIMIT ?")
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(statement), (*params, limit))
+            names = ["id", *COLUMNS]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def history(self, since_ms: int, step_ms: int) -> list[tuple[int, int, int, float, int]]:
+        """Per time bucket: (bucket start ms, requests, generated tokens, summed duration, errors)."""
+        errors = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
+        statement = (
+            "SELECT started_ms / ? AS bucket, COUNT(*), COALESCE(SUM(generation_tokens), 0), "
+            f"SUM(duration_seconds), SUM(CASE WHEN outcome IN ({errors}) THEN 1 ELSE 0 END) "
+            "FROM requests WHERE started_ms >= ? GROUP BY bucket ORDER BY bucket"
+        )
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(statement), (step_ms, since_ms))
+            return [(int(bucket) * step_ms, int(n), int(tokens), float(duration), int(errs))
+                    for bucket, n, tokens, duration, errs in cursor.fetchall()]
+
+    def per_model(self) -> list[dict[str, Any]]:
+        return self._grouped("model")
+
+    def per_client(self) -> list[dict[str, Any]]:
+        return self._grouped("client_identity")
+
+    def _grouped(self, column: str) -> list[dict[str, Any]]:
+        errors = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
+        statement = (
+            f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(generation_tokens), 0), "
+            "AVG(duration_seconds), SUM(CASE WHEN eval_seconds > 0 THEN generation_tokens ELSE 0 END), "
+            f"SUM(eval_seconds), SUM(CASE WHEN outcome IN ({errors}) THEN 1 ELSE 0 END), MAX(started_ms) "
+            f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY COUNT(*) DESC"
+        )
+        with self._cursor() as cursor:
+            cursor.execute(statement)
+            return [
+                {"name": name, "requests": int(n), "prompt_tokens": int(prompt), "generation_tokens": int(generated),
+                 "average_duration_seconds": float(average or 0),
+                 "decode_tokens_per_second": float(decoded) / float(evals) if evals else None,
+                 "error_ratio": int(errs) / int(n), "last_used_ms": int(last)}
+                for name, n, prompt, generated, average, decoded, evals, errs, last in cursor.fetchall()
+            ]
+
+    def _filters(self, filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        clauses, params = [], []
+        for key, column in (("model", "model"), ("outcome", "outcome"), ("client", "client_identity"),
+                            ("endpoint", "endpoint")):
+            if filters.get(key):
+                clauses.append(f"{column} = ?")
+                params.append(filters[key])
+        if filters.get("since") is not None:
+            clauses.append("started_ms >= ?")
+            params.append(filters["since"])
+        if filters.get("until") is not None:
+            clauses.append("started_ms < ?")
+            params.append(filters["until"])
+        return clauses, params
+
+
+class SqliteStore(Store):
+    busy_timeout_ms = 2000
+
+    def connect(self) -> Connection:
+        directory = os.path.dirname(os.path.abspath(self.target))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"cannot create {directory}: {exc.strerror}") from exc
+        connection = sqlite3.connect(self.target, timeout=self.busy_timeout_ms / 1000, check_same_thread=False)
+        # WAL lets the API read while the writer writes.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        return connection
+
+
+class PostgresStore(Store):
+    placeholder = "%s"
+    id_column = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StoreError("PostgreSQL needs the psycopg package: pip install 'ollama-metrics-proxy[postgres]'"
+                             ) from exc
+        self._psycopg = psycopg
+        self.errors = (psycopg.Error,)
+
+    def connect(self) -> Connection:
+        connection: Connection = self._psycopg.connect(self.target, connect_timeout=5)
+        return connection
+
+    def describe(self) -> str:
+        from ollama_metrics_proxy.config import redact_url
+
+        return redact_url(self.target)
+
+
+def open_store(target: str) -> Store:
+    if target.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(target)
+    return SqliteStore(target)
