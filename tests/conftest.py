@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ from ollama_metrics_proxy.system import HostSampler, OllamaProcessSampler
 from ollama_metrics_proxy.telemetry import Samplers
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeOllama, rec
+from tests.postgres_server import PostgresServer, binaries
 
 
 class ProxyUnderTest:
@@ -83,3 +86,26 @@ async def full_proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnd
         await running.stop()
         server.kill()
         await server.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    """One PostgreSQL for the whole run; None (and the PostgreSQL cases skipped) only outside CI when absent."""
+    if binaries() is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI must have PostgreSQL: make test installs Debian's postgresql package")
+        yield None
+        return
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_db(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: PostgresServer | None) -> str:
+    """A fresh request-log database of each kind, named by the fixture parameter."""
+    if request.param == "sqlite":
+        return str(tmp_path / "requests.sqlite3")
+    if postgres_server is None:
+        pytest.skip("PostgreSQL is not installed (make test installs it as root)")
+    return postgres_server.create_database(f"log_{uuid.uuid4().hex[:12]}")
