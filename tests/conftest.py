@@ -63,7 +63,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def full_proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnderTest]:
     """A proxy with every source delivering: a fake NVML with two GPUs, a real process standing in for the
-    Ollama server, the host, and Ollama's state (one model loaded then another, so loads and unloads count)."""
+    Ollama server, the host, Ollama's state (one model loaded then another, so loads and unloads count),
+    and the request log."""
     nvml = FakeNvml([FakeGpu("GPU-a", processes=[(1234, 2**30)]), FakeGpu("GPU-b", unsupported={"fan"})])
     server = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
     samplers = Samplers(
@@ -71,7 +72,8 @@ async def full_proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnd
         processes=OllamaProcessSampler(0.05, ollama_pid=server.pid),
         host=HostSampler(0.05, models_dir=str(tmp_path)),
     )
-    running = await start(config_for(fake.url, ollama_poll_interval=3600), registry=build_registry(),
+    running = await start(config_for(fake.url, ollama_poll_interval=3600, log_db=str(tmp_path / "log.db")),
+                          registry=build_registry(),
                           samplers=samplers)
     try:
         await running.poller.poll_once()

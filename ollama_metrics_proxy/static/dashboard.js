@@ -26,6 +26,7 @@ const fmt = {
   },
   duration: (s) => {
     if (s == null) return "–";
+    if (s > 365 * 86400) return "never (kept loaded)";
     if (s < 120) return `${s.toFixed(0)} s`;
     if (s < 7200) return `${(s / 60).toFixed(0)} min`;
     return `${(s / 3600).toFixed(1)} h`;
