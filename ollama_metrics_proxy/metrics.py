@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -85,6 +86,25 @@ class MergedHistogram(Collector):
 
 def _bound_text(bound: float) -> str:
     return repr(float(bound))
+
+
+class Children:
+    """``children(metric, *labels)`` is ``metric.labels(*labels)``, remembered.
+
+    prometheus_client validates and converts label values on every ``labels()`` call; recording a request
+    touches about twenty children, so binding each once keeps per-request cost down. The label values are
+    bounded, so is this cache. A race only binds the same child twice, which ``labels()`` allows.
+    """
+
+    def __init__(self) -> None:
+        self._bound: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._bound.get(key)
+        if child is None:
+            child = self._bound[key] = metric.labels(*labels)
+        return child
 
 
 class TrafficMetrics:

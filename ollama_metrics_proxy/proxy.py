@@ -109,7 +109,7 @@ class Proxy:
                 request.method,
                 URL(self._upstream + request.raw_path, encoded=True),
                 headers=forwardable(request.headers, REQUEST_ONLY_DROPPED),
-                data=body.stream() if request.body_exists else None,
+                data=body.payload() if request.body_exists else None,
                 skip_auto_headers=NO_AUTO_HEADERS,
                 allow_redirects=False,
             )
@@ -216,6 +216,13 @@ class RequestBody:
         self._note(self._first)
         if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
             self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])
+
+    def payload(self) -> bytes | AsyncIterator[bytes]:
+        """The whole body when its first read already held all of it (the usual small JSON request): sent in
+        one write with the headers. Otherwise a stream, so uploads of any size pass with flat memory."""
+        if self._request.content_length == len(self._first) and self._request.content.at_eof():
+            return self._first
+        return self.stream()
 
     async def stream(self) -> AsyncIterator[bytes]:
         if self._first:

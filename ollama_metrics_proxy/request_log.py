@@ -25,7 +25,9 @@ from ollama_metrics_proxy.store import Store, StoreError, UsageRecord
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000
 BATCH_SIZE = 500
-BATCH_WAIT_SECONDS = 0.5
+# The writer wakes on this interval (or when flushed) and drains what is queued, rather than waking for every
+# record: one thread switch per interval keeps the writer from competing with the relay for the GIL.
+WRITE_INTERVAL_SECONDS = 0.5
 RETENTION_INTERVAL_SECONDS = 300.0
 
 
@@ -73,7 +75,7 @@ class RequestLog:
         self._max_rows = max_rows
         self.content_limit = content_limit
         self._retention_interval = retention_interval
-        self._queue: queue.Queue[UsageRecord | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[UsageRecord] = queue.Queue(maxsize=queue_size)
         self._records = Counter(
             "ollama_metrics_proxy_request_log_records_total",
             "Request-log records by what became of them: written, or dropped because the queue was full or the "
@@ -86,6 +88,8 @@ class RequestLog:
             registry=registry)
         self._logged_failure: str | None = None
         self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)
+        self._wake = threading.Event()
+        self._stopping = False
         self._next_retention = 0.0
 
     # ---------------------------------------------------------------- event-loop side
@@ -106,12 +110,14 @@ class RequestLog:
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(timeout)
         self.store.close()
 
     def flush(self) -> None:
         """Block until every record submitted so far has been written or counted as dropped (tests, shutdown)."""
+        self._wake.set()
         self._queue.join()
 
     def record_deleted(self, reason: str, rows: int) -> None:
@@ -122,29 +128,26 @@ class RequestLog:
 
     def _run(self) -> None:
         while True:
-            batch, stopping = self._next_batch()
-            if batch:
+            self._wake.wait(WRITE_INTERVAL_SECONDS)
+            self._wake.clear()
+            while batch := self._drain():
                 self._write(batch)
-            for _ in range(len(batch) + (1 if stopping else 0)):
-                self._queue.task_done()
-            if stopping:
+                for _ in batch:
+                    self._queue.task_done()
+            if self._stopping:
                 return
             if time.monotonic() >= self._next_retention:
                 self._next_retention = time.monotonic() + self._retention_interval
                 self._enforce_retention()
 
-    def _next_batch(self) -> tuple[list[UsageRecord], bool]:
+    def _drain(self) -> list[UsageRecord]:
         batch: list[UsageRecord] = []
-        deadline = time.monotonic() + BATCH_WAIT_SECONDS
         while len(batch) < BATCH_SIZE:
             try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001) if batch else 1.0)
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
+        return batch
 
     def _write(self, batch: list[UsageRecord]) -> None:
         try:

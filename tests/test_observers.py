@@ -200,12 +200,41 @@ def test_final_line_missing_means_incomplete_and_tokens_come_from_chunks() -> No
 
 def test_huge_line_is_dropped_and_counted_with_bounded_memory() -> None:
     buffer = LineBuffer(max_line=1000)
-    assert buffer.feed(b"x" * 600) == []
-    assert buffer.feed(b"y" * 600) == []  # over the limit: dropped
+    assert buffer.feed(b"x" * 600) == b""
+    assert buffer.feed(b"y" * 600) == b""  # over the limit: dropped
     assert buffer.oversized == 1
-    assert buffer.feed(b"z" * 5000) == []  # still inside the dropped line, nothing kept
-    assert buffer.feed(b"tail\nnext line\nrest") == [b"next line"]
+    assert buffer.feed(b"z" * 5000) == b""  # still inside the dropped line, nothing kept
+    assert buffer.feed(b"tail\nnext line\nrest") == b"next line\n"
     assert buffer.close() == b"rest"
+
+
+def test_blocks_of_whole_lines_come_back_without_copying() -> None:
+    buffer = LineBuffer()
+    chunk = b"a\nb\n"
+    assert buffer.feed(chunk) is chunk
+    assert buffer.feed(b"c\nd") == b"c\n"
+    assert buffer.feed(b"e\nf\n") == b"de\nf\n"
+
+
+@pytest.mark.parametrize(("name", "endpoint"), sorted(STREAMS.items()))
+def test_one_block_and_line_by_line_agree(name: str, endpoint: str) -> None:
+    """The counting fast path (the whole stream as one read) and the line path (a byte at a time) agree."""
+    body = rec(name).body
+    whole = observe(endpoint, name, [body]).comparable()
+    bytewise = observe(endpoint, name, [body[i : i + 1] for i in range(len(body))]).comparable()
+    assert whole == bytewise
+
+
+def test_batched_token_lines_take_the_fast_path_and_count_each_token() -> None:
+    """Many token lines in one read (a busy relay) are counted, with zero gaps between them."""
+    lines = rec("generate_stream.ndjson").chunks
+    observer = NdjsonObserver(clock=lambda: 5.0)
+    observer.feed(lines[0])  # the first line names the model
+    observer.feed(b"".join(lines[1:3] * 50))  # 100 token lines in one read
+    observer.feed(lines[3])
+    obs = observer.close()
+    assert obs.content_chunks == 101 and obs.complete
+    assert obs.gaps.observations == 100 and obs.gaps.counts[0] == 100
 
 
 def test_stream_observer_times_first_content_and_gaps() -> None:

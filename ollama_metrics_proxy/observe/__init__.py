@@ -7,7 +7,7 @@ import time
 from ollama_metrics_proxy.endpoints import PROGRESS_ENDPOINTS, Dialect, dialect_of
 from ollama_metrics_proxy.observe.base import Clock, Observer
 from ollama_metrics_proxy.observe.json_body import JsonBodyObserver
-from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
+from ollama_metrics_proxy.observe.ndjson import NdjsonObserver, ProgressObserver
 from ollama_metrics_proxy.observe.observation import INTER_TOKEN_BUCKETS, GapCounts, Observation
 from ollama_metrics_proxy.observe.sse import (
     AnthropicSseObserver,
@@ -47,7 +47,7 @@ def observer_for(endpoint: str, status: int, content_type: str, clock: Clock = t
         return Observer(clock)
     kind = media_type(content_type)
     if kind == "application/x-ndjson":
-        return NdjsonObserver(progress=endpoint in PROGRESS_ENDPOINTS, clock=clock)
+        return ProgressObserver(clock) if endpoint in PROGRESS_ENDPOINTS else NdjsonObserver(clock)
     if kind == "text/event-stream" and dialect in _SSE_OBSERVERS:
         return _SSE_OBSERVERS[dialect](clock)
     if kind == "application/json" and endpoint not in PROGRESS_ENDPOINTS:

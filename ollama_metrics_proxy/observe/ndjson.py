@@ -1,15 +1,13 @@
 """Ollama's native NDJSON streams: /api/generate, /api/chat, and pull/push/create progress.
 
-Per line only substring checks run; JSON is parsed once for the final ``done: true`` line and for error lines.
-A raw ``"done":true`` or ``"error"`` can also appear nested (inside tool-call arguments), so the parse confirms
-that the key is top-level before acting on it.
+Blocks of plain token lines are only counted; JSON is parsed once for the final ``done: true`` line and for
+error lines. A raw ``"done":true`` or ``"error"`` can also appear nested (inside tool-call arguments), so the
+parse confirms that the key is top-level before acting on it.
 """
 
 from __future__ import annotations
 
-import time
-
-from ollama_metrics_proxy.observe.base import Clock, Observer
+from ollama_metrics_proxy.observe.base import LineObserver
 from ollama_metrics_proxy.observe.extract import (
     apply_native,
     error_message,
@@ -17,8 +15,6 @@ from ollama_metrics_proxy.observe.extract import (
     load_object,
     native_has_content,
 )
-from ollama_metrics_proxy.observe.lines import LineBuffer
-from ollama_metrics_proxy.observe.observation import Observation
 
 _EMPTY_MARKERS = (b'"response":""', b'"content":""')
 _RICH_MARKERS = (b'"thinking":"', b'"tool_calls"')
@@ -35,37 +31,20 @@ def _native_line_has_content(line: bytes) -> bool:
     return True
 
 
-class NdjsonObserver(Observer):
-    def __init__(self, *, progress: bool = False, clock: Clock = time.perf_counter) -> None:
-        super().__init__(clock)
-        self._progress = progress
-        self._lines = LineBuffer()
+class NdjsonObserver(LineObserver):
+    # Anything but ordinary token lines: errors, the final object, empty pieces, blank lines.
+    special: tuple[bytes, ...] = (b'"error"', b'"done":true', *_EMPTY_MARKERS, b"\n\n")
 
-    def feed(self, chunk: bytes) -> None:
-        lines = self._lines.feed(chunk)
-        if lines:
-            now = self._clock()
-            for line in lines:
-                self._line(line, now)
+    def count_content(self, block: bytes) -> int:
+        return block.count(b"\n")
 
-    def close(self) -> Observation:
-        rest = self._lines.close()
-        if rest:
-            self._line(rest, self._clock())
-        self.observation.parse_errors += self._lines.oversized
-        return self.observation
-
-    def _line(self, line: bytes, now: float) -> None:
+    def line(self, line: bytes, now: float) -> None:
         obs = self.observation
-        if not line.strip():
+        if not line or line.isspace():
             return
         if obs.model is None:
             obs.model = find_model(line)
         if b'"error"' in line and self._error_line(line):
-            return
-        if self._progress:
-            if b'"status":"success"' in line:
-                obs.complete = True
             return
         if b'"done":true' in line and self._final_line(line, now):
             return
@@ -92,3 +71,18 @@ class NdjsonObserver(Observer):
         if native_has_content(obj):
             self.observation.note_content(now)
         return True
+
+
+class ProgressObserver(NdjsonObserver):
+    """/api/pull, /api/push, /api/create: no generated content; done at ``{"status":"success"}``."""
+
+    special = (b'"error"', b'"status":"success"')
+
+    def count_content(self, block: bytes) -> int:
+        return 0
+
+    def line(self, line: bytes, now: float) -> None:
+        if b'"error"' in line and self._error_line(line):
+            return
+        if b'"status":"success"' in line:
+            self.observation.complete = True

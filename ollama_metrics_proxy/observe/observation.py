@@ -30,6 +30,11 @@ class GapCounts:
         self.total += gap
         self.observations += 1
 
+    def add_zeros(self, count: int) -> None:
+        """Pieces that arrived in the same read as the one before them: no gap as the client saw it."""
+        self.counts[0] += count
+        self.observations += count
+
 
 @dataclass
 class Observation:
@@ -51,14 +56,16 @@ class Observation:
     gaps: GapCounts = field(default_factory=GapCounts)
     parse_errors: int = 0
 
-    def note_content(self, now: float) -> None:
-        """A chunk that carries generated text, thinking or a tool call reached the client at ``now``."""
+    def note_content(self, now: float, count: int = 1) -> None:
+        """``count`` pieces carrying generated text, thinking or a tool call reached the client at ``now``."""
         if self.last_content_at is None:
             self.first_content_at = now
         else:
             self.gaps.add(now - self.last_content_at)
+        if count > 1:
+            self.gaps.add_zeros(count - 1)
         self.last_content_at = now
-        self.content_chunks += 1
+        self.content_chunks += count
 
     def comparable(self) -> dict[str, object]:
         """Everything but timing, for tests that compare results across chunk splits."""

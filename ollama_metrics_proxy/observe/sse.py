@@ -1,15 +1,15 @@
 """Server-sent event streams: OpenAI chat/completions, the OpenAI Responses API, and Anthropic Messages.
 
 Lines are reassembled across chunks; ``event:`` names are tracked and each ``data:`` payload is handed to the
-dialect. As with NDJSON, only a handful of events per stream are JSON-parsed (the first, the finish and usage
-events); content events are recognised by substring checks.
+dialect. Blocks of whole content events take the counting fast path; only a handful of events per stream are
+JSON-parsed (the first, the finish and usage events).
 """
 
 from __future__ import annotations
 
 import time
 
-from ollama_metrics_proxy.observe.base import Clock, Observer
+from ollama_metrics_proxy.observe.base import Clock, LineObserver
 from ollama_metrics_proxy.observe.extract import (
     apply_anthropic,
     apply_openai,
@@ -18,41 +18,32 @@ from ollama_metrics_proxy.observe.extract import (
     find_model,
     load_object,
 )
-from ollama_metrics_proxy.observe.lines import LineBuffer
-from ollama_metrics_proxy.observe.observation import Observation
 
 
-class SseObserver(Observer):
+class SseObserver(LineObserver):
     def __init__(self, clock: Clock = time.perf_counter) -> None:
         super().__init__(clock)
-        self._lines = LineBuffer()
         self._event = b""
 
-    def feed(self, chunk: bytes) -> None:
-        lines = self._lines.feed(chunk)
-        if lines:
-            now = self._clock()
-            for line in lines:
-                self._line(line, now)
+    def boundary(self, block: bytes, limit: int) -> int:
+        # Only whole events may be counted: the counted part must start and end at event boundaries, so that
+        # no event name carries over from or into a part read line by line.
+        if self._event:
+            return 0
+        end = block.rfind(b"\n\n", 0, limit)
+        return end + 2 if end >= 0 else 0
 
-    def close(self) -> Observation:
-        rest = self._lines.close()
-        if rest:
-            self._line(rest, self._clock())
-        self.observation.parse_errors += self._lines.oversized
-        return self.observation
-
-    def _line(self, line: bytes, now: float) -> None:
+    def line(self, line: bytes, now: float) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
             self._event = b""  # a blank line ends the event
         elif line.startswith(b"data:"):
-            self._data(self._event, line[5:].lstrip(b" "), now)
+            self.data(self._event, line[5:].lstrip(b" "), now)
         elif line.startswith(b"event:"):
             self._event = line[6:].strip()
 
-    def _data(self, event: bytes, data: bytes, now: float) -> None:
+    def data(self, event: bytes, data: bytes, now: float) -> None:
         raise NotImplementedError
 
     def _parse(self, data: bytes) -> dict[str, object] | None:
@@ -77,7 +68,13 @@ class OpenAiSseObserver(SseObserver):
     zero usage on every chunk and the real figures last, so the last usage seen wins.
     """
 
-    def _data(self, event: bytes, data: bytes, now: float) -> None:
+    special = (b"[DONE]", b'"finish_reason":"', b'"choices":[]', b'"error"', b'"content":""', b'"text":""',
+               b'"reasoning":""', b"event:")
+
+    def count_content(self, block: bytes) -> int:
+        return block.count(b"\ndata:") + block.startswith(b"data:")
+
+    def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
         if data == b"[DONE]":
             obs.complete = True
@@ -96,7 +93,13 @@ class OpenAiSseObserver(SseObserver):
 class OpenAiResponsesSseObserver(SseObserver):
     """Typed events; the stream finishes with ``response.completed`` (or ``response.incomplete``)."""
 
-    def _data(self, event: bytes, data: bytes, now: float) -> None:
+    special = (b"event: response.created", b"event: response.completed", b"event: response.incomplete",
+               b"event: response.failed", b"event: error")
+
+    def count_content(self, block: bytes) -> int:
+        return block.count(b".delta\n")
+
+    def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
         if event.endswith(b".delta"):
             obs.note_content(now)
@@ -118,7 +121,12 @@ class OpenAiResponsesSseObserver(SseObserver):
 class AnthropicSseObserver(SseObserver):
     """message_start (model, input tokens) … content_block_delta … message_delta (output tokens) … message_stop."""
 
-    def _data(self, event: bytes, data: bytes, now: float) -> None:
+    special = (b"event: message_start", b"event: message_delta", b"event: message_stop", b"event: error")
+
+    def count_content(self, block: bytes) -> int:
+        return block.count(b"event: content_block_delta")
+
+    def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
         if event == b"content_block_delta":
             obs.note_content(now)
