@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ class ModelTotals:
 
 
 class LiveStats:
+    """Updated and read on the event loop thread only (the recorder and the API handlers), so no lock."""
+
     def __init__(self) -> None:
         self.started_at = time.time()
         self.in_flight = 0
@@ -38,7 +39,6 @@ class LiveStats:
         self.ttft_count = 0
         self.models: dict[str, ModelTotals] = {}  # keyed by the bounded model label
         self._durations: deque[float] = deque(maxlen=RECENT_DURATIONS)
-        self._lock = threading.Lock()
 
     def request_started(self, exchange: Exchange) -> None:
         if is_inference(exchange.endpoint):
@@ -53,53 +53,50 @@ class LiveStats:
         generated = obs.generation_tokens
         if generated is None and not obs.complete:
             generated = obs.content_chunks
-        with self._lock:
-            self._durations.append(duration)
-            if exchange.outcome is Outcome.ABORTED:
-                self.aborted += 1
-            if obs.first_content_at is not None and exchange.streaming:
-                self.ttft_sum += obs.first_content_at - exchange.started
-                self.ttft_count += 1
-            for totals in (self.totals, self.models.setdefault(model_label, ModelTotals())):
-                totals.requests += 1
-                totals.prompt_tokens += obs.prompt_tokens or 0
-                totals.generation_tokens += generated or 0
-                totals.duration_seconds += duration
-                if obs.eval_seconds:
-                    totals.decoded_tokens += obs.generation_tokens or 0
-                    totals.eval_seconds += obs.eval_seconds
-                totals.errors += exchange.outcome in ERROR_OUTCOMES
-                totals.last_used = exchange.wall_started
+        self._durations.append(duration)
+        if exchange.outcome is Outcome.ABORTED:
+            self.aborted += 1
+        if obs.first_content_at is not None and exchange.streaming:
+            self.ttft_sum += obs.first_content_at - exchange.started
+            self.ttft_count += 1
+        for totals in (self.totals, self.models.setdefault(model_label, ModelTotals())):
+            totals.requests += 1
+            totals.prompt_tokens += obs.prompt_tokens or 0
+            totals.generation_tokens += generated or 0
+            totals.duration_seconds += duration
+            if obs.eval_seconds:
+                totals.decoded_tokens += obs.generation_tokens or 0
+                totals.eval_seconds += obs.eval_seconds
+            totals.errors += exchange.outcome in ERROR_OUTCOMES
+            totals.last_used = exchange.wall_started
 
     def summary(self) -> dict[str, Any]:
-        with self._lock:
-            durations = list(self._durations)
-            totals = self.totals
-            cut = quantiles(durations, n=100, method="inclusive") if len(durations) > 1 else durations * 99
-            return {
-                "uptime_seconds": round(time.time() - self.started_at, 3),
-                "requests": totals.requests,
-                "in_flight": self.in_flight,
-                "prompt_tokens": totals.prompt_tokens,
-                "generation_tokens": totals.generation_tokens,
-                "errors": totals.errors,
-                "error_ratio": totals.errors / totals.requests if totals.requests else 0.0,
-                "aborted": self.aborted,
-                "average_duration_seconds": totals.duration_seconds / totals.requests if totals.requests else None,
-                "p50_duration_seconds": cut[49] if cut else None,
-                "p95_duration_seconds": cut[94] if cut else None,
-                "average_ttft_seconds": self.ttft_sum / self.ttft_count if self.ttft_count else None,
-                "models_in_use": sorted(self.models),
-            }
+        durations = list(self._durations)
+        totals = self.totals
+        cut = quantiles(durations, n=100, method="inclusive") if len(durations) > 1 else durations * 99
+        return {
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "requests": totals.requests,
+            "in_flight": self.in_flight,
+            "prompt_tokens": totals.prompt_tokens,
+            "generation_tokens": totals.generation_tokens,
+            "errors": totals.errors,
+            "error_ratio": totals.errors / totals.requests if totals.requests else 0.0,
+            "aborted": self.aborted,
+            "average_duration_seconds": totals.duration_seconds / totals.requests if totals.requests else None,
+            "p50_duration_seconds": cut[49] if cut else None,
+            "p95_duration_seconds": cut[94] if cut else None,
+            "average_ttft_seconds": self.ttft_sum / self.ttft_count if self.ttft_count else None,
+            "models_in_use": sorted(self.models),
+        }
 
     def per_model(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = sorted(self.models.items(), key=lambda item: -item[1].requests)
-            return [
-                {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
-                 "generation_tokens": t.generation_tokens,
-                 "average_duration_seconds": t.duration_seconds / t.requests,
-                 "decode_tokens_per_second": t.decoded_tokens / t.eval_seconds if t.eval_seconds else None,
-                 "error_ratio": t.errors / t.requests, "last_used_ms": int(t.last_used * 1000)}
-                for name, t in rows
-            ]
+        rows = sorted(self.models.items(), key=lambda item: -item[1].requests)
+        return [
+            {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
+             "generation_tokens": t.generation_tokens,
+             "average_duration_seconds": t.duration_seconds / t.requests,
+             "decode_tokens_per_second": t.decoded_tokens / t.eval_seconds if t.eval_seconds else None,
+             "error_ratio": t.errors / t.requests, "last_used_ms": int(t.last_used * 1000)}
+            for name, t in rows
+        ]

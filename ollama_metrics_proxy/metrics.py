@@ -8,12 +8,12 @@ latency histogram reaches far past the client library's 10 s default.
 from __future__ import annotations
 
 import platform
-import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ollama_metrics_proxy import __version__
@@ -43,87 +43,138 @@ ENDPOINT_MODEL = ("endpoint", "model")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-class MergedHistogram(Collector):
-    """A histogram fed with whole per-request bucket counts (``merge``) instead of one ``observe`` per value.
+class _Family(Collector):
+    """A labelled metric family recorded by one thread (the event loop) and read by scrapes.
 
-    Inter-token gaps arrive once per generated chunk; counting them locally during the stream and merging once
-    per request keeps prometheus_client (and its lock) out of the relay loop.
+    prometheus_client's instruments validate labels on every ``labels()`` call and take a lock on every update;
+    recording one request touches about twenty series, which made metrics the largest cost in the relay's
+    per-request budget. Here a child is bound once per label set and an update is a plain attribute or list
+    increment. All updates happen on the event loop thread, so they never race each other; a scrape copies
+    each child's numbers first (``list()`` of a list is atomic under the GIL), so it sees whole buckets, at
+    worst one request behind on a sum.
     """
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
-        registry: CollectorRegistry,
-    ) -> None:
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry):
         self._name = name
         self._documentation = documentation
         self._labelnames = list(labelnames)
-        self._bounds = [_bound_text(bound) for bound in buckets] + ["+Inf"]
-        self._series: dict[tuple[str, ...], tuple[list[int], float]] = {}
-        self._lock = threading.Lock()
+        self._children: dict[tuple[str, ...], Any] = {}
         registry.register(self)
 
-    def merge(self, labelvalues: tuple[str, ...], counts: Sequence[int], total: float) -> None:
-        with self._lock:
-            current, current_total = self._series.get(labelvalues, ([0] * len(self._bounds), 0.0))
-            merged = [a + b for a, b in zip(current, counts, strict=True)]
-            self._series[labelvalues] = (merged, current_total + total)
+    def labels(self, *labelvalues: str) -> Any:
+        child = self._children.get(labelvalues)
+        if child is None:
+            child = self._children[labelvalues] = self._new_child()
+        return child
+
+    def _new_child(self) -> Any:
+        raise NotImplementedError
+
+    def _items(self) -> list[tuple[tuple[str, ...], Any]]:
+        return list(self._children.items())  # atomic copy: the loop may add a child meanwhile
 
     def describe(self) -> Iterable[Metric]:
-        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+        return []
+
+
+class CounterCell:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class GaugeCell(CounterCell):
+    __slots__ = ()
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class HistogramCell:
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def merge(self, counts: Sequence[int], total: float) -> None:
+        """Add a whole per-request histogram with the same buckets (inter-token gaps)."""
+        for index, count in enumerate(counts):
+            if count:
+                self.counts[index] += count
+        self.total += total
+
+
+class FastCounter(_Family):
+    def _new_child(self) -> CounterCell:
+        return CounterCell()
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labelvalues, cell in self._items():
+            family.add_metric(list(labelvalues), cell.value)
+        return [family]
+
+
+class FastGauge(_Family):
+    def _new_child(self) -> GaugeCell:
+        return GaugeCell()
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for labelvalues, cell in self._items():
+            family.add_metric(list(labelvalues), cell.value)
+        return [family]
+
+
+class FastHistogram(_Family):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._bounds = tuple(float(bound) for bound in buckets)
+        self._bound_texts = [repr(bound) for bound in self._bounds] + ["+Inf"]
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self) -> HistogramCell:
+        return HistogramCell(self._bounds)
 
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        with self._lock:
-            series = list(self._series.items())
-        for labelvalues, (counts, total) in series:
+        for labelvalues, cell in self._items():
+            counts, total = list(cell.counts), cell.total
             cumulative, buckets = 0, []
-            for bound, count in zip(self._bounds, counts, strict=True):
+            for bound, count in zip(self._bound_texts, counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             family.add_metric(list(labelvalues), buckets, total)
         return [family]
 
 
-def _bound_text(bound: float) -> str:
-    return repr(float(bound))
-
-
-class Children:
-    """``children(metric, *labels)`` is ``metric.labels(*labels)``, remembered.
-
-    prometheus_client validates and converts label values on every ``labels()`` call; recording a request
-    touches about twenty children, so binding each once keeps per-request cost down. The label values are
-    bounded, so is this cache. A race only binds the same child twice, which ``labels()`` allows.
-    """
-
-    def __init__(self) -> None:
-        self._bound: dict[tuple[object, tuple[str, ...]], Any] = {}
-
-    def __call__(self, metric: Any, *labels: str) -> Any:
-        key = (metric, labels)
-        child = self._bound.get(key)
-        if child is None:
-            child = self._bound[key] = metric.labels(*labels)
-        return child
-
-
 class TrafficMetrics:
     """The families recorded once per proxied request, plus the proxy's own health counters."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, labels: Sequence[str] = ENDPOINT_MODEL) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
+        def counter(name: str, doc: str, labels: Sequence[str] = ENDPOINT_MODEL) -> FastCounter:
+            return FastCounter(name.removesuffix("_total"), doc, labels, registry)
 
         def histogram(name: str, doc: str, buckets: Sequence[float],
-                      labels: Sequence[str] = ENDPOINT_MODEL) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+                      labels: Sequence[str] = ENDPOINT_MODEL) -> FastHistogram:
+            return FastHistogram(name, doc, labels, buckets, registry)
 
         self.requests = counter(
             "ollama_requests_total", "Requests relayed to Ollama, by how they ended.",
             (*ENDPOINT_MODEL, "outcome"))
-        self.in_flight = Gauge(
+        self.in_flight = FastGauge(
             "ollama_requests_in_flight", "Requests relayed to Ollama that have not finished yet "
-            "(queued in Ollama or generating).", ENDPOINT_MODEL, registry=registry)
+            "(queued in Ollama or generating).", ENDPOINT_MODEL, registry)
         self.duration = histogram(
             "ollama_request_duration_seconds",
             "Time from the request's arrival at the proxy to the last byte of the response.",
@@ -132,10 +183,10 @@ class TrafficMetrics:
             "ollama_time_to_first_token_seconds",
             "Streamed requests: time from the request's arrival to the first chunk carrying generated text, "
             "thinking or a tool call.", TIME_TO_FIRST_TOKEN_BUCKETS)
-        self.inter_token_latency = MergedHistogram(
+        self.inter_token_latency = histogram(
             "ollama_inter_token_latency_seconds",
             "Streamed requests: gaps between consecutive chunks carrying generated content, as relayed.",
-            ENDPOINT_MODEL, INTER_TOKEN_BUCKETS, registry)
+            INTER_TOKEN_BUCKETS)
         self.client_disconnects = counter(
             "ollama_client_disconnects_total",
             "Clients that went away before the response ended; the upstream generation was cancelled.",
@@ -196,9 +247,9 @@ class TrafficMetrics:
             "ollama_metrics_proxy_label_overflows_total",
             "Label values folded into 'other' because the label reached its limit of distinct values.",
             ("label",), registry=registry)
-        self.relayed_bytes = Counter(
+        self.relayed_bytes = counter(
             "ollama_metrics_proxy_relayed_bytes_total", "Body bytes relayed, by direction.",
-            ("endpoint", "direction"), registry=registry)
+            ("endpoint", "direction"))
         self.internal_errors = Counter(
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",

@@ -11,7 +11,7 @@ import logging
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
 from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.metrics import Children, TrafficMetrics
+from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
@@ -24,7 +24,6 @@ class Recorder:
         self.models = models
         self.live = live if live is not None else LiveStats()
         self.request_log = request_log
-        self._child = Children()
 
     def start(self, exchange: Exchange) -> str:
         """Count the request in flight; returns the model label used, to pass back to ``finish``.
@@ -33,7 +32,7 @@ class Recorder:
         """
         try:
             label = self.models.resolve(exchange.request_model, may_add=False)
-            self._child(self.metrics.in_flight, exchange.endpoint, label).inc()
+            self.metrics.in_flight.labels(exchange.endpoint, label).inc()
             self.live.request_started(exchange)
             return label
         except Exception:
@@ -43,7 +42,7 @@ class Recorder:
     def finish(self, exchange: Exchange, in_flight_label: str) -> None:
         try:
             if in_flight_label:
-                self._child(self.metrics.in_flight, exchange.endpoint, in_flight_label).dec()
+                self.metrics.in_flight.labels(exchange.endpoint, in_flight_label).dec()
             model = self._record(exchange)
             self.live.request_finished(exchange, model)
         except Exception:
@@ -60,59 +59,59 @@ class Recorder:
     def _internal_error(self, stage: str) -> None:
         log.exception("metrics failed at stage %s; the request itself was not affected", stage)
         try:
-            self._child(self.metrics.internal_errors, stage).inc()
+            self.metrics.internal_errors.labels(stage).inc()
         except Exception:  # the counter itself failing must not escalate either
             log.exception("could not count an internal error")
 
     def _record(self, exchange: Exchange) -> str:
         """Update every traffic metric; returns the model label used."""
-        m, obs, endpoint, child = self.metrics, exchange.observation, exchange.endpoint, self._child
+        m, obs, endpoint = self.metrics, exchange.observation, exchange.endpoint
         outcome = exchange.outcome or Outcome.SUCCESS
         admitted = 200 <= exchange.status < 400
         model = self.models.resolve(exchange.model, may_add=admitted)
         key = (endpoint, model)
-        child(m.requests, endpoint, model, outcome.value).inc()
-        child(m.duration, *key).observe(max(exchange.ended - exchange.started, 0.0))
+        m.requests.labels(endpoint, model, outcome.value).inc()
+        m.duration.labels(*key).observe(max(exchange.ended - exchange.started, 0.0))
         if outcome is Outcome.ABORTED:
-            child(m.client_disconnects, *key, exchange.disconnect_phase.value).inc()
+            m.client_disconnects.labels(*key, exchange.disconnect_phase.value).inc()
         if exchange.streaming and obs.first_content_at is not None:
-            child(m.time_to_first_token, *key).observe(max(obs.first_content_at - exchange.started, 0.0))
+            m.time_to_first_token.labels(*key).observe(max(obs.first_content_at - exchange.started, 0.0))
         if obs.gaps.observations:
-            m.inter_token_latency.merge(key, obs.gaps.counts, obs.gaps.total)
+            m.inter_token_latency.labels(*key).merge(obs.gaps.counts, obs.gaps.total)
         if obs.finish_reason:
-            child(m.finished, *key, finish_reason_label(obs.finish_reason)).inc()
+            m.finished.labels(*key, finish_reason_label(obs.finish_reason)).inc()
         self._record_tokens(exchange, key)
         self._record_phases(exchange, key)
         if obs.parse_errors:
-            child(m.parse_errors, endpoint).inc(obs.parse_errors)
-        child(m.relayed_bytes, endpoint, "request").inc(exchange.bytes_in)
-        child(m.relayed_bytes, endpoint, "response").inc(exchange.bytes_out)
+            m.parse_errors.labels(endpoint).inc(obs.parse_errors)
+        m.relayed_bytes.labels(endpoint, "request").inc(exchange.bytes_in)
+        m.relayed_bytes.labels(endpoint, "response").inc(exchange.bytes_out)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request", extra={"fields": _log_fields(exchange, model, outcome)})
         return model
 
     def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
-        m, obs, child = self.metrics, exchange.observation, self._child
+        m, obs = self.metrics, exchange.observation
         generated = obs.generation_tokens
         if generated is None and not obs.complete and obs.content_chunks:
             generated = obs.content_chunks  # cut short: each relayed content chunk is one token of GPU work
         if obs.prompt_tokens is not None:
-            child(m.prompt_tokens, *key).inc(obs.prompt_tokens)
-            child(m.request_prompt_tokens, *key).observe(obs.prompt_tokens)
+            m.prompt_tokens.labels(*key).inc(obs.prompt_tokens)
+            m.request_prompt_tokens.labels(*key).observe(obs.prompt_tokens)
         if generated is not None:
-            child(m.generation_tokens, *key).inc(generated)
-            child(m.request_generation_tokens, *key).observe(generated)
+            m.generation_tokens.labels(*key).inc(generated)
+            m.request_generation_tokens.labels(*key).observe(generated)
         if obs.cached_tokens is not None:
-            child(m.cached_tokens, *key).inc(obs.cached_tokens)
+            m.cached_tokens.labels(*key).inc(obs.cached_tokens)
         if obs.embedding_inputs is not None:
-            child(m.embedding_inputs, key[1]).inc(obs.embedding_inputs)
+            m.embedding_inputs.labels(key[1]).inc(obs.embedding_inputs)
         if generated and obs.eval_seconds:
-            child(m.generation_speed, *key).observe(generated / obs.eval_seconds)
+            m.generation_speed.labels(*key).observe(generated / obs.eval_seconds)
         if obs.prompt_tokens and obs.prompt_eval_seconds:
-            child(m.prompt_speed, *key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
+            m.prompt_speed.labels(*key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
 
     def _record_phases(self, exchange: Exchange, key: tuple[str, str]) -> None:
-        m, obs, child = self.metrics, exchange.observation, self._child
+        m, obs = self.metrics, exchange.observation
         phases = (
             (obs.load_seconds, m.load_duration, m.load_seconds),
             (obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds),
@@ -122,9 +121,9 @@ class Recorder:
         for seconds, histogram, counter in phases:
             if seconds is None:
                 continue
-            child(histogram, *key).observe(seconds)
+            histogram.labels(*key).observe(seconds)
             if counter is not None:
-                child(counter, *key).inc(seconds)
+                counter.labels(*key).inc(seconds)
 
 
 def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, object]:

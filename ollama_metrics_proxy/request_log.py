@@ -1,8 +1,9 @@
 """The request log: one record per proxied inference request, written off the event loop in batches.
 
-``submit`` runs on the event loop and only puts a record on a bounded queue. A named writer thread drains the
-queue into the database in batches and enforces retention. A slow or failing database never slows or fails a
-request: a full queue or a failed write drops records, and every dropped record is counted in
+``submit`` runs on the event loop and only appends the finished exchange to a bounded queue. A named writer
+thread builds the records, writes them to the database in batches and enforces retention. A slow or failing
+database never slows or fails a request: a full queue or a failed write drops records, and every dropped
+record is counted in
 ``ollama_metrics_proxy_request_log_records_total{result=...}`` and logged (once per kind of failure).
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -75,7 +76,12 @@ class RequestLog:
         self._max_rows = max_rows
         self.content_limit = content_limit
         self._retention_interval = retention_interval
-        self._queue: queue.Queue[UsageRecord] = queue.Queue(maxsize=queue_size)
+        # A deque, not a queue.Queue: appending takes no lock, and only the loop appends and only the writer pops.
+        self._pending: deque[Exchange] = deque()
+        self._queue_size = queue_size
+        self._submitted = 0  # appended by the loop
+        self._processed = 0  # written or dropped by the writer
+        self._progress = threading.Condition()
         self._records = Counter(
             "ollama_metrics_proxy_request_log_records_total",
             "Request-log records by what became of them: written, or dropped because the queue was full or the "
@@ -98,14 +104,16 @@ class RequestLog:
         self._thread.start()
 
     def submit(self, exchange: Exchange) -> None:
+        """Called once a request is finished; the exchange is not touched by the relay afterwards."""
         if not is_inference(exchange.endpoint):
             return
-        try:
-            self._queue.put_nowait(record_for(exchange, self._proxy_name, self.content_limit))
-        except queue.Full:
+        if len(self._pending) >= self._queue_size:
             self._records.labels("dropped_queue_full").inc()
-            self._log_failure("queue_full", f"the queue of {self._queue.maxsize} records is full; the database "
+            self._log_failure("queue_full", f"the queue of {self._queue_size} records is full; the database "
                                             "is not keeping up")
+            return
+        self._pending.append(exchange)
+        self._submitted += 1
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
@@ -115,10 +123,12 @@ class RequestLog:
             self._thread.join(timeout)
         self.store.close()
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 30.0) -> None:
         """Block until every record submitted so far has been written or counted as dropped (tests, shutdown)."""
+        target = self._submitted
         self._wake.set()
-        self._queue.join()
+        with self._progress:
+            self._progress.wait_for(lambda: self._processed >= target, timeout)
 
     def record_deleted(self, reason: str, rows: int) -> None:
         if rows:
@@ -132,26 +142,30 @@ class RequestLog:
             self._wake.clear()
             while batch := self._drain():
                 self._write(batch)
-                for _ in batch:
-                    self._queue.task_done()
+                with self._progress:
+                    self._processed += len(batch)
+                    self._progress.notify_all()
             if self._stopping:
                 return
             if time.monotonic() >= self._next_retention:
                 self._next_retention = time.monotonic() + self._retention_interval
                 self._enforce_retention()
 
-    def _drain(self) -> list[UsageRecord]:
-        batch: list[UsageRecord] = []
-        while len(batch) < BATCH_SIZE:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+    def _drain(self) -> list[Exchange]:
+        batch: list[Exchange] = []
+        while self._pending and len(batch) < BATCH_SIZE:
+            batch.append(self._pending.popleft())
         return batch
 
-    def _write(self, batch: list[UsageRecord]) -> None:
+    def _write(self, batch: list[Exchange]) -> None:
         try:
-            self.store.insert(batch)
+            records = [record_for(exchange, self._proxy_name, self.content_limit) for exchange in batch]
+        except Exception:  # a bug in building records: count the loss, keep the writer alive
+            log.exception("request log: could not build %d records", len(batch))
+            self._records.labels("dropped_write_failed").inc(len(batch))
+            return
+        try:
+            self.store.insert(records)
         except StoreError as exc:
             self._records.labels("dropped_write_failed").inc(len(batch))
             self._log_failure("write_failed", f"{len(batch)} records could not be written to "
