@@ -18,7 +18,7 @@ from typing import Final
 import aiohttp
 import orjson
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ollama_metrics_proxy.content import CAPTURE_BYTES
@@ -47,16 +47,17 @@ NO_AUTO_HEADERS: Final = frozenset({
 MODEL_SNIFF_BYTES: Final = 64 * 1024
 
 
-def forwardable(headers: CIMultiDictProxy[str], extra_dropped: frozenset[str] = frozenset()) -> CIMultiDict[str]:
-    """Copy headers, dropping hop-by-hop ones and any the ``Connection`` header names."""
-    items = list(headers.items())
-    named = {
-        token.strip().lower()
-        for key, value in items if key.lower() == "connection"
-        for token in value.split(",")
-    }
-    dropped = HOP_BY_HOP | extra_dropped | named
-    return CIMultiDict((key, value) for key, value in items if key.lower() not in dropped)
+def forwardable(headers: CIMultiDictProxy[str], extra_dropped: frozenset[str] = frozenset()
+                ) -> list[tuple[str, str]]:
+    """Copy headers, dropping hop-by-hop ones and any the ``Connection`` header names.
+
+    Returns pairs (aiohttp builds its own multidict from them), keeping repeated headers and their order.
+    """
+    dropped = HOP_BY_HOP | extra_dropped
+    connection = headers.get(hdrs.CONNECTION)
+    if connection:
+        dropped = dropped | {token.strip().lower() for token in connection.split(",")}
+    return [(key, value) for key, value in headers.items() if key.lower() not in dropped]
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -140,7 +141,7 @@ class Proxy:
         exchange.streaming = is_streaming_type(exchange.content_type)
         headers = forwardable(upstream.headers)
         if exchange.streaming:
-            headers["X-Accel-Buffering"] = "no"  # an nginx in front must not buffer the stream either
+            headers.append(("X-Accel-Buffering", "no"))  # an nginx in front must not buffer the stream either
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         observer = self._observer(exchange)
@@ -212,7 +213,8 @@ class RequestBody:
     async def prime(self) -> None:
         if not self._request.body_exists:
             return
-        self._first = await self._request.content.readany()
+        # A small body usually arrived with the headers: take it without a trip through the event loop.
+        self._first = self._request.content.read_nowait() or await self._request.content.readany()
         self._note(self._first)
         if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
             self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])

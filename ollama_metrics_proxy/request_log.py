@@ -1,7 +1,8 @@
 """The request log: one record per proxied inference request, written off the event loop in batches.
 
-``submit`` runs on the event loop and only appends the finished exchange to a bounded queue. A named writer
-thread builds the records, writes them to the database in batches and enforces retention. A slow or failing
+``submit`` runs on the event loop and only turns the finished exchange into a flat record (a tuple, which keeps
+the garbage collector's work small while thousands wait) on a bounded queue. A named writer thread writes them
+to the database in batches and enforces retention. A slow or failing
 database never slows or fails a request: a full queue or a failed write drops records, and every dropped
 record is counted in
 ``ollama_metrics_proxy_request_log_records_total{result=...}`` and logged (once per kind of failure).
@@ -42,17 +43,16 @@ def client_identity(header: str | None, value: str | None) -> str | None:
     return value[:128]
 
 
-def record_for(exchange: Exchange, proxy_name: str, content_limit: int) -> UsageRecord:
+Captured = tuple[bytes, bytes, str]  # request body, response body, response content type (with --log-content)
+
+
+def record_for(exchange: Exchange, proxy_name: str) -> UsageRecord:
     obs = exchange.observation
     generated = obs.generation_tokens
     if generated is None and not obs.complete and obs.content_chunks:
         generated = obs.content_chunks
     ttft = None if obs.first_content_at is None else max(obs.first_content_at - exchange.started, 0.0)
     model = exchange.model
-    prompt = response = None
-    if content_limit and exchange.captured_request is not None and exchange.captured_response is not None:
-        prompt = prompt_text(bytes(exchange.captured_request), content_limit)
-        response = response_text(bytes(exchange.captured_response), exchange.content_type, content_limit)
     return UsageRecord(
         started_ms=int(exchange.wall_started * 1000), endpoint=exchange.endpoint,
         model=normalize_model(model) if model else None,
@@ -62,8 +62,14 @@ def record_for(exchange: Exchange, proxy_name: str, content_limit: int) -> Usage
         duration_seconds=max(exchange.ended - exchange.started, 0.0), ttft_seconds=ttft,
         load_seconds=obs.load_seconds, prompt_eval_seconds=obs.prompt_eval_seconds, eval_seconds=obs.eval_seconds,
         done_reason=obs.finish_reason, bytes_in=exchange.bytes_in, bytes_out=exchange.bytes_out, proxy=proxy_name,
-        prompt_text=prompt, response_text=response,
     )
+
+
+def with_content(record: UsageRecord, captured: Captured, limit: int) -> UsageRecord:
+    """Add prompt and response text (--log-content); parsing the captures happens in the writer thread."""
+    request, response, content_type = captured
+    return record._replace(prompt_text=prompt_text(request, limit),
+                           response_text=response_text(response, content_type, limit))
 
 
 class RequestLog:
@@ -77,7 +83,7 @@ class RequestLog:
         self.content_limit = content_limit
         self._retention_interval = retention_interval
         # A deque, not a queue.Queue: appending takes no lock, and only the loop appends and only the writer pops.
-        self._pending: deque[Exchange] = deque()
+        self._pending: deque[tuple[UsageRecord, Captured | None]] = deque()
         self._queue_size = queue_size
         self._submitted = 0  # appended by the loop
         self._processed = 0  # written or dropped by the writer
@@ -112,7 +118,10 @@ class RequestLog:
             self._log_failure("queue_full", f"the queue of {self._queue_size} records is full; the database "
                                             "is not keeping up")
             return
-        self._pending.append(exchange)
+        captured = None
+        if self.content_limit and exchange.captured_request is not None and exchange.captured_response is not None:
+            captured = (bytes(exchange.captured_request), bytes(exchange.captured_response), exchange.content_type)
+        self._pending.append((record_for(exchange, self._proxy_name), captured))
         self._submitted += 1
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -151,21 +160,21 @@ class RequestLog:
                 self._next_retention = time.monotonic() + self._retention_interval
                 self._enforce_retention()
 
-    def _drain(self) -> list[Exchange]:
-        batch: list[Exchange] = []
+    def _drain(self) -> list[UsageRecord]:
+        batch: list[UsageRecord] = []
         while self._pending and len(batch) < BATCH_SIZE:
-            batch.append(self._pending.popleft())
+            record, captured = self._pending.popleft()
+            if captured is not None:
+                try:
+                    record = with_content(record, captured, self.content_limit)
+                except Exception:  # keep the record, without its text, and the writer alive
+                    log.exception("request log: could not extract prompt and response text")
+            batch.append(record)
         return batch
 
-    def _write(self, batch: list[Exchange]) -> None:
+    def _write(self, batch: list[UsageRecord]) -> None:
         try:
-            records = [record_for(exchange, self._proxy_name, self.content_limit) for exchange in batch]
-        except Exception:  # a bug in building records: count the loss, keep the writer alive
-            log.exception("request log: could not build %d records", len(batch))
-            self._records.labels("dropped_write_failed").inc(len(batch))
-            return
-        try:
-            self.store.insert(records)
+            self.store.insert(batch)
         except StoreError as exc:
             self._records.labels("dropped_write_failed").inc(len(batch))
             self._log_failure("write_failed", f"{len(batch)} records could not be written to "

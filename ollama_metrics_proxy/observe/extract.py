@@ -22,7 +22,8 @@ def find_model(data: bytes | bytearray) -> str | None:
 
     Inside JSON strings every quote is escaped, so a raw ``"model":"`` can only be a key.
     """
-    match = _MODEL_FIELD.search(data)
+    # Clients put "model" first almost always: look at the head before scanning the whole of it.
+    match = _MODEL_FIELD.search(data, 0, 512) or _MODEL_FIELD.search(data)
     if match is None:
         return None
     raw = match.group(1)
