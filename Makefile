@@ -1,13 +1,14 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make run    bootstrap .venv and start the proxy (ARGS="--upstream http://host:11434" to pass flags)
 #   make test   bootstrap .venv and the Debian packages the tests need, lint, type-check, run the suite
+#   make bench  the side-by-side benchmark (benchmarks/RESULTS.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest system-deps clean
+.PHONY: run test lint typecheck pytest system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv"; exit 1; }
@@ -22,7 +23,7 @@ system-deps:
 	@sh scripts/install-system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples
+	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -31,6 +32,15 @@ pytest: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -ra
 
 test: lint typecheck pytest
+
+# The side-by-side benchmark (not part of make test): direct, bare passthrough, this proxy, nginx if installed.
+# BENCH_ARGS="--rounds 1 --seconds 2" for a quick look.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || [ "$$(id -u)" -ne 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } || \
+		echo "note: nginx could not be installed; the benchmark runs without it"
+	$(BIN)/python -m benchmarks.run --markdown benchmarks/latest.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,416 @@
+"""Side-by-side benchmark: direct, a bare aiohttp passthrough, this proxy (every metric on), and nginx.
+
+    python -m benchmarks.run [--rounds 3] [--seconds 5] [--json benchmarks/results.json] [--markdown FILE]
+
+Every target sits in front of the same fast stand-in upstream (benchmarks/upstream.py) and is measured in the
+same run, round after round with the targets interleaved, so that a noisy machine affects them alike. Reported
+figures are medians over rounds; the verdicts compare this proxy with the bare passthrough measured in the
+same run, never absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+HERE = Path(__file__).parent
+CHAT_BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}).encode()
+OPENAI_BODY = json.dumps({"model": "bench", "stream": True, "stream_options": {"include_usage": True},
+                          "messages": [{"role": "user", "content": "Why is the sky blue?"}]}).encode()
+UPLOAD_BYTES = 1024**3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str | None = None
+
+    def processes(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
+        parent = psutil.Process(self.process.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.processes():
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def rss(self) -> int:
+        return sum(process.memory_info().rss for process in self.processes())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_target(name: str, upstream_url: str) -> Target:
+    if name == "direct":
+        return Target(name, upstream_url)
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix=f"bench-{name}-")
+    if name == "passthrough":
+        command = [sys.executable, "-m", "benchmarks.passthrough", str(port), upstream_url]
+    elif name in ("proxy", "proxy-nolog"):
+        # "proxy" runs as users get it: every metric, every telemetry source and the request log on.
+        # "proxy-nolog" (informational) shows what the request log costs.
+        log_db = os.path.join(workdir, "requests.sqlite3") if name == "proxy" else "off"
+        command = [sys.executable, "-m", "ollama_metrics_proxy", "--upstream", upstream_url,
+                   "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{free_port()}",
+                   "--log-db", log_db, "--log-level", "warning"]
+    elif name == "nginx":
+        config = (HERE / "nginx.conf.template").read_text().format(
+            root=workdir, port=port, upstream_port=upstream_url.rsplit(":", 1)[1])
+        Path(workdir, "nginx.conf").write_text(config)
+        command = [nginx_binary() or "nginx", "-c", os.path.join(workdir, "nginx.conf"), "-p", workdir]
+    else:
+        raise ValueError(name)
+    process = subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.DEVNULL)
+    wait_for_port(port, process)
+    return Target(name, f"http://127.0.0.1:{port}", process, workdir)
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx",) if os.path.exists(path)), None)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                 timeout=aiohttp.ClientTimeout(total=None))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def sequential_latency(target: Target, requests: int) -> dict[str, float]:
+    """(1) One client, streamed /api/chat of 100 tokens, one after another."""
+    first_bytes, ends = [], []
+    async with session() as http:
+        for _ in range(requests):
+            started = time.perf_counter()
+            async with http.post(f"{target.url}/api/chat?tokens=100", data=CHAT_BODY) as response:
+                await response.content.readany()
+                first_bytes.append(time.perf_counter() - started)
+                await response.read()
+                ends.append(time.perf_counter() - started)
+    return {"ttfb_median_ms": statistics.median(first_bytes) * 1000,
+            "ttfb_p99_ms": percentile(first_bytes, 0.99) * 1000,
+            "end_median_ms": statistics.median(ends) * 1000, "end_p99_ms": percentile(ends, 0.99) * 1000}
+
+
+async def for_seconds(seconds: float, clients: int,
+                      one: Callable[[aiohttp.ClientSession], Coroutine[Any, Any, int]]) -> tuple[int, float]:
+    """Run ``one`` in a loop from ``clients`` concurrent clients; returns (units counted, elapsed)."""
+    deadline = time.perf_counter() + seconds
+    async with session() as http:
+        async def client() -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                done += await one(http)
+            return done
+
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(client() for _ in range(clients)))
+        return sum(counts), time.perf_counter() - started
+
+
+async def stream_throughput(target: Target, seconds: float, openai: bool) -> dict[str, float]:
+    """(2) NDJSON or (6) OpenAI SSE: 32 clients streaming 200-token chats as fast as the upstream can."""
+    path, body, separator = ("/v1/chat/completions?tokens=200", OPENAI_BODY, b"\n\n") if openai else (
+        "/api/chat?tokens=200", CHAT_BODY, b"\n")
+
+    async def one(http: aiohttp.ClientSession) -> int:
+        lines = 0
+        async with http.post(target.url + path, data=body) as response:
+            async for chunk in response.content.iter_any():
+                lines += chunk.count(separator)
+        return lines
+
+    lines, elapsed = await for_seconds(seconds, 32, one)
+    return {"lines_per_second": lines / elapsed}
+
+
+async def nonstreamed_rps(target: Target, seconds: float) -> dict[str, float]:
+    """(3) 32 clients, non-streamed small generations."""
+    body = json.dumps({"model": "bench", "prompt": "hi", "stream": False}).encode()
+
+    async def one(http: aiohttp.ClientSession) -> int:
+        async with http.post(f"{target.url}/api/chat?tokens=10&stream=0", data=body) as response:
+            await response.read()
+        return 1
+
+    requests, elapsed = await for_seconds(seconds, 32, one)
+    return {"requests_per_second": requests / elapsed}
+
+
+@dataclass
+class MemoryWatch:
+    target: Target
+    peak: int = 0
+    samples: list[int] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if self.target.process is not None:
+                self.peak = max(self.peak, self.target.rss())
+            await asyncio.sleep(0.02)
+
+
+async def with_memory(target: Target, work: Coroutine[Any, Any, dict[str, float]]) -> tuple[dict[str, float], int, int]:
+    baseline = target.rss() if target.process is not None else 0
+    watch, stop = MemoryWatch(target, baseline), asyncio.Event()
+    watcher = asyncio.create_task(watch.run(stop))
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await watcher
+    return result, baseline, watch.peak
+
+
+async def many_streams(target: Target, streams: int = 256, waves: int = 2) -> dict[str, float]:
+    """(4) 256 concurrent streams at 20 ms per token: CPU per request, peak memory, p99 of the largest gap."""
+    largest_gaps: list[float] = []
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        async with http.post(f"{target.url}/api/chat?tokens=50&delay=0.02", data=CHAT_BODY) as response:
+            last, largest = None, 0.0
+            async for _ in response.content.iter_any():
+                now = time.perf_counter()
+                if last is not None:
+                    largest = max(largest, now - last)
+                last = now
+            largest_gaps.append(largest)
+
+    async def work() -> dict[str, float]:
+        async with session() as http:
+            for _ in range(waves):
+                await asyncio.gather(*(one(http) for _ in range(streams)))
+        return {}
+
+    cpu_before = target.cpu_seconds() if target.process is not None else 0.0
+    _, _, peak = await with_memory(target, work())
+    result = {"p99_largest_gap_ms": percentile(largest_gaps, 0.99) * 1000}
+    if target.process is not None:
+        result["cpu_ms_per_request"] = (target.cpu_seconds() - cpu_before) * 1000 / (streams * waves)
+        result["peak_rss_mb"] = peak / 2**20
+    return result
+
+
+async def upload(target: Target) -> dict[str, float]:
+    """(5) A 1 GiB blob upload, streamed in 1 MiB pieces."""
+    piece = os.urandom(1024 * 1024)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(UPLOAD_BYTES // len(piece)):
+            yield piece
+
+    async def work() -> dict[str, float]:
+        started = time.perf_counter()
+        async with session() as http, http.post(f"{target.url}/api/blobs/sha256:{'0' * 64}", data=body()) as response:
+            await response.read()
+            assert response.status == 201, response.status
+        return {"upload_mib_per_second": UPLOAD_BYTES / 2**20 / (time.perf_counter() - started)}
+
+    result, baseline, peak = await with_memory(target, work())
+    if target.process is not None:
+        result["upload_rss_growth_mb"] = (peak - baseline) / 2**20
+    return result
+
+
+async def measure(target: Target, seconds: float, sequential: int) -> dict[str, float]:
+    async with session() as http:  # warm up: connections, caches, the first database write
+        for _ in range(20):
+            async with http.post(f"{target.url}/api/chat?tokens=10", data=CHAT_BODY) as response:
+                await response.read()
+    results: dict[str, float] = {}
+    results |= await sequential_latency(target, sequential)
+    results |= {f"ndjson_{k}": v for k, v in (await stream_throughput(target, seconds, openai=False)).items()}
+    results |= {f"sse_{k}": v for k, v in (await stream_throughput(target, seconds, openai=True)).items()}
+    results |= await nonstreamed_rps(target, seconds)
+    results |= await many_streams(target)
+    results |= await upload(target)
+    return results
+
+
+# ---------------------------------------------------------------- verdicts and report
+
+TARGET_CHECKS = (
+    ("streamed NDJSON throughput (2)", "ndjson_lines_per_second", "ratio>=", 0.9),
+    ("streamed OpenAI SSE throughput (6)", "sse_lines_per_second", "ratio>=", 0.9),
+    ("sequential median end-to-end (1)", "end_median_ms", "diff<=", 0.3),
+    ("non-streamed requests per second (3)", "requests_per_second", "ratio>=", 0.85),
+    ("CPU time per request at 256 streams (4)", "cpu_ms_per_request", "ratio<=", 1.25),
+    ("peak memory at 256 streams (4), MB", "peak_rss_mb", "abs<", 150),
+    ("upload throughput (5)", "upload_mib_per_second", "ratio>=", 0.9),
+    ("upload memory growth (5), MB", "upload_rss_growth_mb", "abs<", 50),
+)
+
+
+def verdicts(medians: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    proxy, floor = medians["proxy"], medians["passthrough"]
+    rows = []
+    for title, key, rule, bound in TARGET_CHECKS:
+        if rule.startswith("ratio"):
+            value = proxy[key] / floor[key]
+            ok = value >= bound if rule == "ratio>=" else value <= bound
+            shown = f"{value:.3f} times passthrough (target {'>=' if rule == 'ratio>=' else '<='} {bound})"
+        elif rule == "diff<=":
+            value = proxy[key] - floor[key]
+            ok = value <= bound
+            shown = f"{value:+.3f} ms vs passthrough (target <= +{bound} ms)"
+        else:
+            value = proxy[key]
+            ok = value < bound
+            shown = f"{value:.1f} (target < {bound})"
+        rows.append({"check": title, "metric": key, "value": value, "ok": ok, "shown": shown})
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "aiohttp": aiohttp.__version__, "uvloop": _has("uvloop")}
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def table(medians: dict[str, dict[str, float]]) -> str:
+    keys = list(next(iter(medians.values())).keys() | medians.get("proxy", {}).keys())
+    order = [key for _, key, _, _ in TARGET_CHECKS] + ["ttfb_median_ms", "ttfb_p99_ms", "end_p99_ms",
+                                                          "p99_largest_gap_ms"]
+    keys = [key for key in order if any(key in row for row in medians.values())] + sorted(
+        key for key in keys if key not in order)
+    names = list(medians)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        cells = [f"{medians[name][key]:.3f}" if key in medians[name] else "-" for name in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", str(port)], cwd=HERE.parent)
+    wait_for_port(port, upstream)
+    return upstream, f"http://127.0.0.1:{port}"
+
+
+def write_report(args: argparse.Namespace, report: dict[str, Any], text: str) -> None:
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    upstream, upstream_url = await asyncio.to_thread(start_upstream)
+    names = ["direct", "passthrough", "proxy", "proxy-nolog"] + (
+        ["nginx"] if nginx_binary() and not args.no_nginx else [])
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    try:
+        for round_number in range(1, args.rounds + 1):
+            for name in names:
+                target = await asyncio.to_thread(start_target, name, upstream_url)
+                try:
+                    print(f"round {round_number}/{args.rounds}: {name} …", file=sys.stderr, flush=True)
+                    rounds[name].append(await measure(target, args.seconds, args.sequential))
+                finally:
+                    target.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait()
+    medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+               for name, runs in rounds.items()}
+    checks = verdicts(medians)
+    report = {"machine": machine(), "rounds": args.rounds, "seconds_per_workload": args.seconds,
+              "medians": medians, "per_round": rounds, "checks": checks,
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    text = table(medians) + "\n\n" + "\n".join(
+        f"- {'PASS' if row['ok'] else 'MISS'} {row['check']}: {row['shown']}" for row in checks)
+    print(text)
+    write_report(args, report, text)
+    return 0 if all(row["ok"] for row in checks) else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each timed workload (default 5)")
+    parser.add_argument("--sequential", type=int, default=200, help="requests in the sequential workload")
+    parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the JSON report")
+    parser.add_argument("--markdown", default="", help="also write the table and verdicts to this file")
+    parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
+    args = parser.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
