@@ -114,26 +114,26 @@ class HistogramCell:
         self.total += total
 
 
-class FastCounter(_Family):
+class _ValueFamily(_Family):
+    exposed_as: type[CounterMetricFamily] | type[GaugeMetricFamily] = CounterMetricFamily
+
+    def collect(self) -> Iterable[Metric]:
+        family = self.exposed_as(self._name, self._documentation, labels=self._labelnames)
+        for labelvalues, cell in self._items():
+            family.add_metric(list(labelvalues), cell.value)
+        return [family]
+
+
+class FastCounter(_ValueFamily):
     def _new_child(self) -> CounterCell:
         return CounterCell()
 
-    def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for labelvalues, cell in self._items():
-            family.add_metric(list(labelvalues), cell.value)
-        return [family]
 
+class FastGauge(_ValueFamily):
+    exposed_as = GaugeMetricFamily
 
-class FastGauge(_Family):
     def _new_child(self) -> GaugeCell:
         return GaugeCell()
-
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for labelvalues, cell in self._items():
-            family.add_metric(list(labelvalues), cell.value)
-        return [family]
 
 
 class FastHistogram(_Family):

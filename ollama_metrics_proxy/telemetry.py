@@ -25,20 +25,22 @@ from ollama_metrics_proxy.system import HostReading, HostSampler, OllamaProcessS
 GPU_LABELS = ("gpu", "uuid")
 
 
-def gauge(name: str, documentation: str, labels: Sequence[str] = (),
-          samples: Iterable[tuple[Sequence[str], float]] = ()) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=list(labels))
+def _family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, documentation: str,
+            labels: Sequence[str], samples: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    family = kind(name, documentation, labels=list(labels))
     for values, value in samples:
         family.add_metric(list(values), value)
     return family
+
+
+def gauge(name: str, documentation: str, labels: Sequence[str] = (),
+          samples: Iterable[tuple[Sequence[str], float]] = ()) -> Metric:
+    return _family(GaugeMetricFamily, name, documentation, labels, samples)
 
 
 def counter(name: str, documentation: str, labels: Sequence[str] = (),
-            samples: Iterable[tuple[Sequence[str], float]] = ()) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=list(labels))
-    for values, value in samples:
-        family.add_metric(list(values), value)
-    return family
+            samples: Iterable[tuple[Sequence[str], float]] = ()) -> Metric:
+    return _family(CounterMetricFamily, name, documentation, labels, samples)
 
 
 class _Described(Collector):
