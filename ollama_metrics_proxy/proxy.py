@@ -97,9 +97,14 @@ class Proxy:
             await body.prime()
             in_flight = self._recorder.start(exchange)
             return await self._relay(request, exchange, body)
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             exchange.finish(Outcome.ABORTED, self._clock())
             raise
+        except ConnectionResetError:
+            # The client left while headers or the last chunk were being written. A routine event, not an
+            # error to log with a traceback: hand aiohttp a response it will find it cannot send.
+            exchange.finish(Outcome.ABORTED, self._clock())
+            return web.Response(status=499)
         finally:
             exchange.finish(Outcome.SUCCESS, self._clock())
             self._recorder.finish(exchange, in_flight)
