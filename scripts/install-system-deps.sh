@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs the Debian packages the test suite drives for real: promtool and prometheus (package
-# "prometheus"), a PostgreSQL server ("postgresql") and a headless browser ("chromium").
+# "prometheus"), a PostgreSQL server ("postgresql"), a headless browser ("chromium") and curl (the curl example).
 # Runs apt-get only as root and only for what is missing; otherwise says what to install.
 set -eu
 missing=""
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "note: the tests need Debian packages:$missing; install them (sudo apt-get install$missing) or run make test as root" >&2
