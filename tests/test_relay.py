@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import socket
 import time
@@ -280,3 +282,39 @@ async def test_no_total_timeout_on_slow_replies(
     status, _, body = await fetch(http, "POST", proxy.url + "/api/generate", b'{"model":"llama3.2"}')
     assert status == 200 and body == rec("generate_stream.ndjson").body
 
+
+
+async def test_connect_timeout_answers_504_and_counts_timeout(http: aiohttp.ClientSession) -> None:
+    """A listener whose accept queue is full drops new SYNs, so connecting hangs until --connect-timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(8):  # fill the accept queue; later connection attempts get no answer
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    running = await start(config_for(f"http://127.0.0.1:{port}", connect_timeout=0.3),
+                          registry=CollectorRegistry())
+    proxy = ProxyUnderTest(running)
+    try:
+        status, _, body = await fetch(http, "POST", proxy.url + "/api/chat", b'{"model":"llama3.2"}')
+        assert status == 504
+        assert "timed out connecting to upstream Ollama" in json.loads(body)["error"]
+        assert proxy.value("ollama_requests_total", endpoint="/api/chat", model="other", outcome="timeout") == 1
+    finally:
+        await running.stop()
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+async def test_expect_100_continue_uploads_pass(fake: FakeOllama, proxy: ProxyUnderTest,
+                                                http: aiohttp.ClientSession) -> None:
+    blob = b"weights" * 1000
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    async with http.post(f"{proxy.url}/api/blobs/{digest}", data=blob, expect100=True) as response:
+        assert response.status == 201
+    assert fake.blob_bytes == len(blob)
