@@ -9,6 +9,7 @@ import pytest
 
 from ollama_metrics_proxy.endpoints import Dialect
 from ollama_metrics_proxy.observe import Observation, observer_for
+from ollama_metrics_proxy.observe.extract import find_model
 from ollama_metrics_proxy.observe.json_body import JsonBodyObserver
 from ollama_metrics_proxy.observe.lines import LineBuffer
 from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
@@ -246,3 +247,16 @@ def test_stream_observer_times_first_content_and_gaps() -> None:
     assert obs.first_content_at == 10.0
     assert obs.gaps.observations == 2
     assert obs.gaps.total == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(("raw", "model"), [
+    (b'{"model":"llama3.2","prompt":"x"}', "llama3.2"),
+    (b'{"model" : "spaced:tag"}', "spaced:tag"),
+    (b'{"tools":[{"parameters":{"model":{"type":"string"}}}],"model":"q"}', "q"),  # a nested key, not a string
+    (b'{"model":"we\\"ird"}', 'we"ird'),
+    (b'{"model":"caf\\u00e9"}', "caf\u00e9"),
+    (b'{"prompt":"no model here"}', None),
+    (b'{"model":""}', None),
+])
+def test_model_is_found_without_parsing_the_body(raw: bytes, model: str | None) -> None:
+    assert find_model(raw) == model

@@ -20,13 +20,25 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 def find_model(data: bytes | bytearray) -> str | None:
     """The first ``"model":"…"`` string value in raw JSON bytes, without parsing the whole document.
 
-    Inside JSON strings every quote is escaped, so a raw ``"model":"`` can only be a key.
+    Inside JSON strings every quote is escaped, so a raw ``"model"`` followed by a colon can only be a key.
+    Plain ``find`` calls (C speed) do the work; a regular expression runs only for unusual spacing.
     """
-    # Clients put "model" first almost always: look at the head before scanning the whole of it.
-    match = _MODEL_FIELD.search(data, 0, 512) or _MODEL_FIELD.search(data)
-    if match is None:
+    at = data.find(b'"model":"')
+    if at < 0:
+        match = _MODEL_FIELD.search(data)  # "model" : "…" with whitespace, or an escaped value
+        return _decode_model(match.group(1)) if match else None
+    start = at + 9
+    end = data.find(b'"', start, start + 513)
+    if end <= start:
         return None
-    raw = match.group(1)
+    raw = bytes(data[start:end])
+    if raw.endswith(b"\\"):  # an escaped quote inside the name: let the pattern sort it out
+        match = _MODEL_FIELD.search(data, at)
+        return _decode_model(match.group(1)) if match else None
+    return _decode_model(raw)
+
+
+def _decode_model(raw: bytes) -> str | None:
     if b"\\" in raw:
         try:
             decoded = orjson.loads(b'"' + raw + b'"')
