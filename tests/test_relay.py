@@ -318,3 +318,22 @@ async def test_expect_100_continue_uploads_pass(fake: FakeOllama, proxy: ProxyUn
     async with http.post(f"{proxy.url}/api/blobs/{digest}", data=blob, expect100=True) as response:
         assert response.status == 201
     assert fake.blob_bytes == len(blob)
+
+
+async def test_malformed_request_bytes_never_break_the_proxy(
+    fake: FakeOllama, proxy: ProxyUnderTest, http: aiohttp.ClientSession,
+) -> None:
+    garbage = b'\x00\xff{"model":"\xfe\xfd' + bytes(range(256)) * 4
+    status, _, body = await fetch(http, "POST", proxy.url + "/api/chat", garbage)
+    assert status == 200 and body == rec("chat_stream.ndjson").body  # relayed; Ollama decides what it means
+    assert fake.seen[-1].body == garbage
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x16\x03\x01 not http at all\r\n\r\n")  # say, a TLS hello sent to a plain-HTTP port
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert reply.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert b"Received HTTPS traffic on an HTTP port" in reply  # a precise reason, from aiohttp
+    status, _, _ = await fetch(http, "GET", proxy.url + "/api/tags")
+    assert status == 200  # still serving
