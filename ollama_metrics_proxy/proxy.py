@@ -79,7 +79,7 @@ class Proxy:
         self._client_header = client_header
         self._capture_content = capture_content
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if not request.raw_path.startswith("/"):
             # An absolute-form target ("GET http://elsewhere/ HTTP/1.1") would make this an open proxy.
             return json_error(400, "ollama-metrics-proxy forwards only to its configured upstream; "
@@ -94,6 +94,8 @@ class Proxy:
         body = RequestBody(request, exchange)
         in_flight = ""
         try:
+            if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+                await _continue(request)
             await body.prime()
             in_flight = self._recorder.start(exchange)
             return await self._relay(request, exchange, body)
@@ -109,7 +111,7 @@ class Proxy:
             exchange.finish(Outcome.SUCCESS, self._clock())
             self._recorder.finish(exchange, in_flight)
 
-    async def _relay(self, request: web.Request, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
+    async def _relay(self, request: web.BaseRequest, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
         try:
             upstream = await self._session.request(
                 request.method,
@@ -139,7 +141,7 @@ class Proxy:
             else:
                 upstream.close()  # closes the socket: Ollama sees the disconnect and stops generating
 
-    async def _relay_response(self, request: web.Request, exchange: Exchange,
+    async def _relay_response(self, request: web.BaseRequest, exchange: Exchange,
                               upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         exchange.status = upstream.status
         exchange.content_type = upstream.headers.get(hdrs.CONTENT_TYPE, "")
@@ -201,7 +203,16 @@ class Proxy:
             return observer.observation
 
 
-def _abort(request: web.Request) -> None:
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` here (the header is not forwarded), so the client sends its body.
+
+    Ollama itself sends 100 only once it reads the body; the proxy reads it at once to stream it upstream.
+    """
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the interim response is not part of the reply's size
+
+
+def _abort(request: web.BaseRequest) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
@@ -210,7 +221,7 @@ def _abort(request: web.Request) -> None:
 class RequestBody:
     """Streams the client's request body upstream, reading its first chunk early to learn the model."""
 
-    def __init__(self, request: web.Request, exchange: Exchange) -> None:
+    def __init__(self, request: web.BaseRequest, exchange: Exchange) -> None:
         self._request = request
         self._exchange = exchange
         self._first = b""

@@ -78,7 +78,7 @@ class RunningProxy:
     request_log: RequestLog | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
-    runners: list[web.AppRunner] = field(default_factory=list)
+    runners: list[web.BaseRunner] = field(default_factory=list)
     proxy_address: HostPort | None = None
     metrics_address: HostPort | None = None
 
@@ -113,13 +113,17 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     try:
         proxy = Proxy(config.upstream, session, recorder, client_header=config.client_header,
                       capture_content=config.log_content and request_log is not None)
-        proxy_app = web.Application()
-        proxy_app.router.add_route("*", "/{tail:.*}", proxy.handle)
-        running.proxy_address = await _serve(running, proxy_app, config.listen, "--listen")
+        # The API port has one handler for every path: aiohttp's low-level server, without the application's
+        # router and middleware machinery, which would cost every request and add nothing here.
+        api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
+        api_runner = web.ServerRunner(api_server, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        running.proxy_address = await _serve(running, api_runner, config.listen, "--listen")
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
         metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics)
-        running.metrics_address = await _serve(running, metrics_app, config.metrics_listen, "--metrics-listen")
+        metrics_runner = web.AppRunner(metrics_app, handler_cancellation=True, access_log=None,
+                                       shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        running.metrics_address = await _serve(running, metrics_runner, config.metrics_listen, "--metrics-listen")
     except BaseException:
         await running.stop()
         raise
@@ -152,11 +156,9 @@ async def _check_request_log(request_log: RequestLog) -> None:
         log.info("request log: writing to %s", request_log.store.describe())
 
 
-async def _serve(running: RunningProxy, app: web.Application, address: HostPort, flag: str) -> HostPort:
-    # handler_cancellation: a client that disconnects cancels its handler at once, which closes the upstream
-    # connection, so Ollama stops generating even while no bytes are flowing.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPort, flag: str) -> HostPort:
+    # handler_cancellation (set on both runners): a client that disconnects cancels its handler at once, which
+    # closes the upstream connection, so Ollama stops generating even while no bytes are flowing.
     await runner.setup()
     running.runners.append(runner)
     site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
