@@ -223,7 +223,7 @@ async def with_memory(target: Target, work: Coroutine[Any, Any, dict[str, float]
     return result, baseline, watch.peak
 
 
-async def many_streams(target: Target, streams: int = 256, waves: int = 2) -> dict[str, float]:
+async def many_streams(target: Target, streams: int = 256, waves: int = 4) -> dict[str, float]:
     """(4) 256 concurrent streams at 20 ms per token: CPU per request, peak memory, p99 of the largest gap."""
     largest_gaps: list[float] = []
 
