@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import time
@@ -353,3 +354,25 @@ def test_full_queue_drops_and_counts(tmp_path: Any) -> None:
     request_log.flush()
     assert value("written") == 2
     request_log.stop()
+
+
+async def test_bearer_tokens_are_stored_only_as_a_short_hash(
+    fake: FakeOllama, tmp_path: Any, http: aiohttp.ClientSession,
+) -> None:
+    path = tmp_path / "keys.sqlite3"
+    proxy = await start_proxy(fake, str(path), client_header="Authorization")
+    token = "sk-very-secret-api-key-0123456789"
+    try:
+        async with http.post(proxy.url + "/api/generate", json={"model": "llama3.2"},
+                             headers={"Authorization": f"Bearer {token}"}) as response:
+            await response.read()
+        await flush(proxy)
+        _, body = await get(http, proxy.metrics_url + "/-/logs")
+        identity = body["records"][0]["client_identity"]
+        assert identity == "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+        _, clients = await get(http, proxy.metrics_url + "/-/clients")
+        assert clients["clients"][0]["name"] == identity
+    finally:
+        await proxy.running.stop()
+    stored = b"".join(file.read_bytes() for file in tmp_path.glob("keys.sqlite3*"))
+    assert token.encode() not in stored
