@@ -52,8 +52,10 @@ async def ready(request: web.Request) -> web.Response:
     return json_response(200 if poller.up else 503, payload)
 
 
-def _source(health: SourceHealth) -> dict[str, Any]:
-    return {"up": health.status.up, "reason": health.status.reason, "detail": health.status.detail}
+def _source(health: SourceHealth, sampled_at: float | None) -> dict[str, Any]:
+    """A source's state, and when it last delivered (so stale figures can be told apart)."""
+    return {"up": health.status.up, "reason": health.status.reason, "detail": health.status.detail,
+            "sampled_at": sampled_at}
 
 
 def system_report(poller: OllamaStatePoller, samplers: Samplers, started_at: float) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def system_report(poller: OllamaStatePoller, samplers: Samplers, started_at: flo
     report: dict[str, Any] = {
         "proxy": {"version": __version__, "uptime_seconds": round(now - started_at, 3)},
         "ollama": {
-            **_source(poller.health),
+            **_source(poller.health, poller.checked_at),
             "upstream": poller.upstream,
             "version": snapshot.version if snapshot else None,
             "loaded_models": [
@@ -77,14 +79,14 @@ def system_report(poller: OllamaStatePoller, samplers: Samplers, started_at: flo
         },
     }
     if samplers.gpu is not None:
-        report["gpus"] = {**_source(samplers.gpu.health),
+        report["gpus"] = {**_source(samplers.gpu.health, samplers.gpu.sampled_at),
                           "devices": [asdict(gpu) for gpu in samplers.gpu.snapshot or ()]}
     if samplers.processes is not None:
-        report["ollama_processes"] = {**_source(samplers.processes.health),
+        report["ollama_processes"] = {**_source(samplers.processes.health, samplers.processes.sampled_at),
                                       "processes": [asdict(p) for p in samplers.processes.snapshot or ()]}
     if samplers.host is not None:
         host = samplers.host.snapshot
-        report["host"] = {**_source(samplers.host.health), **(asdict(host) if host else {})}
+        report["host"] = {**_source(samplers.host.health, samplers.host.sampled_at), **(asdict(host) if host else {})}
     return report
 
 

@@ -27,7 +27,6 @@ OLLAMA_DEFAULT_PORT = 11434
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 GPU_MODES = ("off", "auto", "on")
-SWITCH = ("on", "off")
 
 
 class ConfigError(ValueError):

@@ -33,7 +33,6 @@ INFERENCE_ENDPOINTS: dict[str, Dialect] = {
     "/v1/responses": Dialect.OPENAI_RESPONSES,
     "/v1/messages": Dialect.ANTHROPIC,
 }
-EMBEDDING_ENDPOINTS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 PROGRESS_ENDPOINTS = frozenset({"/api/pull", "/api/push", "/api/create"})
 MANAGEMENT_ENDPOINTS = frozenset(
     {"/api/show", "/api/tags", "/api/ps", "/api/version", "/api/copy", "/api/delete"}

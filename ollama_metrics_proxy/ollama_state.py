@@ -50,7 +50,6 @@ class OllamaSnapshot:
     version: str | None
     loaded: tuple[LoadedModel, ...]
     installed: tuple[InstalledModel, ...]
-    polled_at: float
 
 
 def connection_failure(exc: aiohttp.ClientConnectorError) -> str:
@@ -133,13 +132,12 @@ class OllamaStatePoller:
                 await self._task
 
     async def poll_once(self) -> None:
-        started = time.time()
         try:
             version, ps, tags = await asyncio.gather(
                 self._get("/api/version"), self._get("/api/ps"), self._get("/api/tags"))
             snapshot = OllamaSnapshot(
                 version=version.get("version") if isinstance(version, dict) else None,
-                loaded=parse_ps(ps), installed=parse_tags(tags), polled_at=started)
+                loaded=parse_ps(ps), installed=parse_tags(tags))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.snapshot = None
             reason, detail = _describe(exc)

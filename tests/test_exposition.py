@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ollama_metrics_proxy.endpoints import INFERENCE_ENDPOINTS
+from ollama_metrics_proxy.endpoints import ALL_ENDPOINTS, INFERENCE_ENDPOINTS
 from tests.conftest import ProxyUnderTest
 from tests.fake_ollama import ROUTES, FakeOllama
 from tests.test_relay import fetch, request_for
@@ -146,3 +146,11 @@ async def test_readme_documents_exactly_what_is_exported(
     assert documented, "the README's metric table was not found"
     assert ours - documented == set(), "exported but not documented"
     assert documented - exported == set(), "documented but not exported"
+
+
+def test_readme_lists_exactly_the_endpoint_label_values() -> None:
+    text = README.read_text()
+    paragraph = text[text.index("- `endpoint`: one of"):text.index("Raw paths never become labels")]
+    listed = re.findall(r"`([^`]+)`", paragraph)[1:]  # the first is `endpoint` itself
+    assert len(listed) == len(set(listed))
+    assert set(listed) == set(ALL_ENDPOINTS)

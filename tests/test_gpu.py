@@ -156,7 +156,7 @@ async def test_gpu_series_in_the_proxy_scrape(fake: FakeOllama, http: aiohttp.Cl
         assert 'ollama_gpu_process_memory_bytes{gpu="0",pid="4242",process="ollama"} 1024.0' in text
         async with http.get(proxy.metrics_url + "/-/system") as response:
             report = await response.json()
-        assert report["gpus"]["up"] is True
+        assert report["gpus"]["up"] is True and report["gpus"]["sampled_at"] > 0
         assert report["gpus"]["devices"][0]["uuid"] == H100
     finally:
         await running.stop()
