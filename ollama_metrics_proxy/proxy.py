@@ -12,14 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Final
 
-import aiohttp
 import orjson
 from aiohttp import hdrs, web
-from multidict import CIMultiDictProxy
-from yarl import URL
 
 from ollama_metrics_proxy.content import CAPTURE_BYTES
 from ollama_metrics_proxy.endpoints import BLOBS, classify
@@ -27,9 +24,16 @@ from ollama_metrics_proxy.exchange import Exchange, Outcome, outcome_for_respons
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
-from ollama_metrics_proxy.ollama_state import connection_failure
 from ollama_metrics_proxy.recorder import Recorder
 from ollama_metrics_proxy.request_log import client_identity
+from ollama_metrics_proxy.upstream import (
+    BodyFailed,
+    ConnectFailed,
+    ConnectTimeout,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +44,19 @@ HOP_BY_HOP: Final = frozenset({
     "te", "trailer", "transfer-encoding", "upgrade",
 })
 REQUEST_ONLY_DROPPED: Final = frozenset({"host", "expect"})
-# aiohttp's client would otherwise add these when the client did not send them.
-NO_AUTO_HEADERS: Final = frozenset({
-    hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE,
-})
 MODEL_SNIFF_BYTES: Final = 64 * 1024
 
 
-def forwardable(headers: CIMultiDictProxy[str], extra_dropped: frozenset[str] = frozenset()
-                ) -> list[tuple[str, str]]:
-    """Copy headers, dropping hop-by-hop ones and any the ``Connection`` header names.
+def forwardable(headers: Iterable[tuple[str, str]], connection: str | None,
+                extra_dropped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Copy header pairs, dropping hop-by-hop ones and any that ``connection`` (the Connection header) names.
 
-    Returns pairs (aiohttp builds its own multidict from them), keeping repeated headers and their order.
+    Keeps repeated headers and their order.
     """
     dropped = HOP_BY_HOP | extra_dropped
-    connection = headers.get(hdrs.CONNECTION)
     if connection:
         dropped = dropped | {token.strip().lower() for token in connection.split(",")}
-    return [(key, value) for key, value in headers.items() if key.lower() not in dropped]
+    return [(key, value) for key, value in headers if key.lower() not in dropped]
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -69,11 +68,10 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 class Proxy:
-    def __init__(self, upstream: str, session: aiohttp.ClientSession, recorder: Recorder,
+    def __init__(self, upstream: UpstreamClient, recorder: Recorder,
                  clock: Clock = time.perf_counter, *, client_header: str | None = None,
                  capture_content: bool = False) -> None:
         self._upstream = upstream
-        self._session = session
         self._recorder = recorder
         self._clock = clock
         self._client_header = client_header
@@ -112,49 +110,45 @@ class Proxy:
             self._recorder.finish(exchange, in_flight)
 
     async def _relay(self, request: web.BaseRequest, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
+        upstream_url = self._upstream.base_url
         try:
-            upstream = await self._session.request(
-                request.method,
-                URL(self._upstream + request.raw_path, encoded=True),
-                headers=forwardable(request.headers, REQUEST_ONLY_DROPPED),
-                data=body.payload() if request.body_exists else None,
-                skip_auto_headers=NO_AUTO_HEADERS,
-                allow_redirects=False,
+            upstream = await self._upstream.request(
+                request.method, request.raw_path,
+                forwardable(request.headers.items(), request.headers.get(hdrs.CONNECTION), REQUEST_ONLY_DROPPED),
+                body.payload() if request.body_exists else None,
             )
-        except (TimeoutError, aiohttp.ConnectionTimeoutError) as exc:
+        except ConnectTimeout as exc:
             exchange.finish(Outcome.TIMEOUT, self._clock())
             return json_error(504, f"ollama-metrics-proxy: timed out connecting to upstream Ollama at "
-                                   f"{self._upstream} ({type(exc).__name__})")
-        except aiohttp.ClientConnectorError as exc:
+                                   f"{upstream_url} ({exc})")
+        except ConnectFailed as exc:
             exchange.finish(Outcome.UPSTREAM_UNREACHABLE, self._clock())
-            return json_error(502, f"ollama-metrics-proxy: cannot reach upstream Ollama at {self._upstream}: "
-                                   f"{connection_failure(exc)}")
-        except aiohttp.ClientError as exc:
+            return json_error(502, f"ollama-metrics-proxy: cannot reach upstream Ollama at {upstream_url}: {exc}")
+        except UpstreamError as exc:
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
-            return json_error(502, f"ollama-metrics-proxy: upstream Ollama at {self._upstream} closed the "
-                                   f"connection before answering: {exc}")
+            return json_error(502, f"ollama-metrics-proxy: upstream Ollama at {upstream_url} {exc}")
         try:
             return await self._relay_response(request, exchange, upstream)
         finally:
-            if upstream.content.is_eof():
-                upstream.release()  # read to the end: the connection can be reused
-            else:
-                upstream.close()  # closes the socket: Ollama sees the disconnect and stops generating
+            # Back to the pool if read to the end; otherwise the socket is closed, so that Ollama sees the
+            # disconnect and stops generating.
+            upstream.release()
 
     async def _relay_response(self, request: web.BaseRequest, exchange: Exchange,
-                              upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+                              upstream: UpstreamResponse) -> web.StreamResponse:
         exchange.status = upstream.status
-        exchange.content_type = upstream.headers.get(hdrs.CONTENT_TYPE, "")
+        exchange.content_type = upstream.head.get(hdrs.CONTENT_TYPE) or ""
         exchange.streaming = is_streaming_type(exchange.content_type)
-        headers = forwardable(upstream.headers)
+        headers = forwardable(upstream.headers, upstream.head.get(hdrs.CONNECTION))
         if exchange.streaming:
             headers.append(("X-Accel-Buffering", "no"))  # an nginx in front must not buffer the stream either
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         observer = self._observer(exchange)
         captured = exchange.captured_response
+        read = upstream.read
         try:
-            async for chunk in upstream.content.iter_any():
+            while chunk := await read():
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:
@@ -167,9 +161,9 @@ class Proxy:
                     observer.feed(chunk)
                 except Exception:
                     observer = self._observer_failed(observer)
-        except aiohttp.ClientError as exc:
+        except BodyFailed as exc:
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
-            log.warning("upstream broke off %s %s mid-response: %s", request.method, request.path, exc)
+            log.warning("upstream broke off %s %s mid-response: it %s", request.method, request.path, exc)
             # Nothing more can be sent: cut the client's connection so it sees the reply end abnormally,
             # exactly as it would had it been connected to Ollama directly.
             _abort(request)

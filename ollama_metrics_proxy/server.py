@@ -30,6 +30,7 @@ from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.sources import SourceUnavailable
 from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
+from ollama_metrics_proxy.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 15.0
@@ -48,19 +49,14 @@ def build_registry() -> CollectorRegistry:
     return registry
 
 
-def upstream_session(config: Config) -> aiohttp.ClientSession:
-    """One session for the whole process, set up for transparent relaying.
+def poller_session(config: Config) -> aiohttp.ClientSession:
+    """The Ollama poller's session (the relay has its own lean client, ``upstream.UpstreamClient``).
 
-    No total or read timeout (a generation may run for an hour and a non-streamed reply may take ten minutes to
-    start), no connection limit, no decompression (bytes pass verbatim), no cookies, and no HTTP_PROXY from the
-    environment: the proxy talks only to its configured upstream.
+    Each poll sets its own timeout; no decompression, no cookies, and no HTTP_PROXY from the environment: the
+    proxy talks only to its configured upstream.
     """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
-        # Only opening a new TCP connection is timed (sock_connect): a pooled connection needs no timer, and
-        # with no connection limit nothing ever waits for a pool slot.
-        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=config.connect_timeout,
-                                      sock_read=None),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
@@ -74,6 +70,7 @@ class RunningProxy:
     recorder: Recorder
     poller: OllamaStatePoller
     session: aiohttp.ClientSession
+    upstream: UpstreamClient
     samplers: Samplers
     request_log: RequestLog | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -90,6 +87,7 @@ class RunningProxy:
             await runner.cleanup()
         if self.request_log is not None:
             await asyncio.to_thread(self.request_log.stop)  # writes what is still queued
+        self.upstream.close()
         await self.session.close()
 
 
@@ -106,12 +104,13 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     live = LiveStats()
     request_log = build_request_log(config, registry)
     recorder = Recorder(metrics, models, live, request_log)
-    session = upstream_session(config)
+    session = poller_session(config)
+    upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host)
-    running = RunningProxy(config, registry, recorder, poller, session, samplers, request_log)
+    running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
-        proxy = Proxy(config.upstream, session, recorder, client_header=config.client_header,
+        proxy = Proxy(upstream, recorder, client_header=config.client_header,
                       capture_content=config.log_content and request_log is not None)
         # The API port has one handler for every path: aiohttp's low-level server, without the application's
         # router and middleware machinery, which would cost every request and add nothing here.

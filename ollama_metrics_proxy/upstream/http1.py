@@ -1,0 +1,256 @@
+"""HTTP/1.1 on the wire to the upstream: the request head, and an incremental parser for the response.
+
+The parser is pure (no I/O): ``feed(bytes)`` returns the body bytes it decoded from them, ``head`` is set once
+the status line and headers are in, ``complete`` once the body has ended, and ``eof()`` says the connection
+closed. It makes no assumption about where reads split the stream, keeps bounded state, and raises
+``MalformedResponse`` with a reason a user can act on. It handles what an HTTP/1.1 origin sends: a
+``Content-Length`` body, a chunked body (decoded; trailers are read and dropped, as aiohttp's client does), a
+body that runs to the connection's close, bodiless responses (``HEAD``, 1xx, 204, 304), and interim 1xx
+responses, which are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+MAX_HEAD_BYTES: Final = 64 * 1024  # Go's net/http and aiohttp allow about this much; Ollama sends < 1 KiB
+MAX_CHUNK_LINE_BYTES: Final = 4096  # a chunk-size line with extensions; real ones are a few bytes
+HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+# Body framing, decided from the head (RFC 9112 §6.3).
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
+
+# States of the chunked decoder.
+_SIZE_LINE: Final = 0  # expecting "<hex>[;ext]\r\n"
+_DATA: Final = 1  # inside a chunk's data
+_DATA_END: Final = 2  # expecting the CRLF after a chunk's data
+_TRAILERS: Final = 3  # after the last chunk: trailer lines until an empty one
+
+
+class MalformedResponse(Exception):
+    """The upstream's bytes are not a valid HTTP/1.1 response; the message says what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    version: str  # "1.1" or "1.0"
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]  # as received: names keep their case, repeats and order are kept
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header, by case-insensitive name."""
+        name = name.lower()
+        return next((value for key, value in self.headers if key.lower() == name), None)
+
+    def values(self, name: str) -> list[str]:
+        """Every comma-separated element of every header with this name, lower-cased and stripped."""
+        name = name.lower()
+        return [item.strip().lower() for key, value in self.headers if key.lower() == name
+                for item in value.split(",") if item.strip()]
+
+
+def request_head(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
+    """The request line and headers. Names and values come from aiohttp's request parser, which has already
+    refused CR and LF in them; surrogateescape gives back the exact bytes the client sent."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+class ResponseParser:
+    """Parses one response (after any interim 1xx ones) from the bytes of one connection."""
+
+    __slots__ = (
+        "_head_only",
+        "_left",
+        "_pending",
+        "_state",
+        "complete",
+        "extra_bytes",
+        "framing",
+        "head",
+        "keep_alive",
+    )
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self._head_only = head_request  # a reply to HEAD has no body, whatever its headers say
+        self._pending = b""  # unparsed bytes carried to the next feed: part of a head or of a chunk line
+        self._state = _SIZE_LINE
+        self._left = 0  # bytes still expected: of the Content-Length body, or of the current chunk
+        self.framing = NO_BODY
+        self.head: ResponseHead | None = None
+        self.complete = False
+        self.keep_alive = False
+        self.extra_bytes = False  # bytes after the end of the response: the connection is not reusable
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume bytes read from the connection; returns the body bytes among them (framing removed)."""
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        if self.complete:
+            self.extra_bytes = self.extra_bytes or bool(data)
+            return b""
+        if self.head is None:
+            data = self._feed_head(data)
+            if self.head is None or not data:
+                return b""
+        if self.framing == LENGTH:
+            return self._feed_length(data)
+        if self.framing == CHUNKED:
+            return self._feed_chunked(data)
+        if self.framing == UNTIL_CLOSE:
+            return data
+        self.extra_bytes = True  # NO_BODY, yet more bytes came
+        return b""
+
+    def eof(self) -> None:
+        """The upstream closed the connection. Raises unless that was a valid end of the response."""
+        if self.complete:
+            return
+        if self.head is not None and self.framing == UNTIL_CLOSE:
+            self.complete = True
+            return
+        if self.head is None:
+            raise MalformedResponse("closed the connection before sending a complete response head")
+        if self.framing == LENGTH:
+            raise MalformedResponse(f"closed the connection with {self._left} bytes of the body still to come")
+        raise MalformedResponse("closed the connection before the end of the chunked body")
+
+    # ---------------------------------------------------------------- head
+
+    def _feed_head(self, data: bytes) -> bytes:
+        """Parse heads (skipping interim 1xx ones) from ``data``; returns what follows the final head."""
+        while self.head is None:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > MAX_HEAD_BYTES:
+                    raise MalformedResponse(f"sent a response head longer than {MAX_HEAD_BYTES} bytes")
+                self._pending = data
+                return b""
+            if end > MAX_HEAD_BYTES:
+                raise MalformedResponse(f"sent a response head longer than {MAX_HEAD_BYTES} bytes")
+            head = parse_head(data[:end])
+            data = data[end + 4:]
+            if 100 <= head.status < 200:
+                if head.status == 101:
+                    raise MalformedResponse("switched protocols (101), which this proxy does not relay")
+                continue  # interim response (103 Early Hints, a stray 100): the real one follows
+            self._start_body(head)
+        return data
+
+    def _start_body(self, head: ResponseHead) -> None:
+        self.head = head
+        connection = head.values("connection")
+        self.keep_alive = head.version == "1.1" and "close" not in connection
+        transfer_codings = head.values("transfer-encoding")
+        if self._head_only or head.status in (204, 304):
+            self.framing = NO_BODY
+        elif transfer_codings:
+            if transfer_codings != ["chunked"]:
+                raise MalformedResponse(f"used the transfer coding {', '.join(transfer_codings)!r}; "
+                                        "only 'chunked' is supported")
+            self.framing = CHUNKED
+        elif (length := content_length(head)) is not None:
+            self.framing, self._left = LENGTH, length
+        else:
+            self.framing, self.keep_alive = UNTIL_CLOSE, False
+        if self.framing == NO_BODY or (self.framing == LENGTH and self._left == 0):
+            self.complete = True
+
+    # ---------------------------------------------------------------- bodies
+
+    def _feed_length(self, data: bytes) -> bytes:
+        if len(data) < self._left:
+            self._left -= len(data)
+            return data
+        body, rest = data[: self._left], data[self._left:]
+        self._left = 0
+        self.complete = True
+        self.extra_bytes = bool(rest)
+        return body
+
+    def _feed_chunked(self, data: bytes) -> bytes:
+        """Decode chunked framing. Called once per read, which in a fast stream carries dozens of chunks: the
+        pieces are joined so the relay writes once per read."""
+        pieces: list[bytes] = []
+        position, size = 0, len(data)
+        while position < size:
+            state = self._state
+            if state == _DATA:
+                end = min(position + self._left, size)
+                pieces.append(data[position:end] if position or end < size else data)
+                self._left -= end - position
+                position = end
+                if not self._left:
+                    self._state = _DATA_END
+            elif state == _DATA_END:
+                if size - position < 2:
+                    self._pending = data[position:]
+                    break
+                if data[position:position + 2] != b"\r\n":
+                    raise MalformedResponse("sent a chunk whose data is not followed by CRLF")
+                position += 2
+                self._state = _SIZE_LINE
+            else:
+                line_end = data.find(b"\r\n", position)
+                if line_end < 0:
+                    if size - position > MAX_CHUNK_LINE_BYTES:
+                        raise MalformedResponse("sent a chunk-size line that never ends")
+                    self._pending = data[position:]
+                    break
+                line = data[position:line_end]
+                position = line_end + 2
+                if state == _TRAILERS:
+                    if not line:  # the empty line that ends the message
+                        self.complete = True
+                        self.extra_bytes = position < size
+                        break
+                    continue  # a trailer field: dropped
+                chunk_size = parse_chunk_size(line)
+                if chunk_size:
+                    self._state, self._left = _DATA, chunk_size
+                else:
+                    self._state = _TRAILERS
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+
+def parse_head(block: bytes) -> ResponseHead:
+    lines = block.split(b"\r\n")
+    status_line = lines[0]
+    version, _, rest = status_line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise MalformedResponse(f"sent a bad status line: {status_line[:100]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not TOKEN_CHARS.issuperset(name):
+            raise MalformedResponse(f"sent a bad header line: {line[:100]!r}")
+        headers.append((name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")))
+    return ResponseHead(version[5:].decode("ascii"), int(code), reason.decode("latin-1"), headers)
+
+
+def content_length(head: ResponseHead) -> int | None:
+    values = set(head.values("content-length"))
+    if not values:
+        return None
+    value = next(iter(values))
+    if len(values) > 1 or not (value.isascii() and value.isdigit()):
+        raise MalformedResponse(f"sent an invalid Content-Length: {head.get('content-length')!r}")
+    return int(value)
+
+
+def parse_chunk_size(line: bytes) -> int:
+    digits = line.split(b";", 1)[0].strip(b" \t")
+    if not digits or not HEX_DIGITS.issuperset(digits) or len(digits) > 16:
+        raise MalformedResponse(f"sent a bad chunk-size line: {line[:100]!r}")
+    return int(digits, 16)
