@@ -100,15 +100,11 @@ class _Connection(asyncio.Protocol):
         try:
             body = parser.feed(data)
         except MalformedResponse as exc:
+            self._deliver(exc.body)  # what came before the fault is valid: relay it, then fail
             self._fail(exc)
             self.close()
             return
-        if body:
-            self._body.append(body)
-            self._buffered += len(body)
-            if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
+        self._deliver(body)
         if parser.head is not None:
             self._wake_reader()
 
@@ -191,6 +187,14 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return chunk
+
+    def _deliver(self, body: bytes) -> None:
+        if body:
+            self._body.append(body)
+            self._buffered += len(body)
+            if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
 
     def _fail(self, exc: MalformedResponse) -> None:
         if self._error is None:

@@ -33,7 +33,12 @@ _TRAILERS: Final = 3  # after the last chunk: trailer lines until an empty one
 
 
 class MalformedResponse(Exception):
-    """The upstream's bytes are not a valid HTTP/1.1 response; the message says what was wrong."""
+    """The upstream's bytes are not a valid HTTP/1.1 response; the message says what was wrong.
+
+    ``body`` holds the body bytes decoded from the same read before the fault: they were valid and are relayed.
+    """
+
+    body = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,16 @@ class ResponseParser:
         """Decode chunked framing. Called once per read, which in a fast stream carries dozens of chunks: the
         pieces are joined so the relay writes once per read."""
         pieces: list[bytes] = []
+        try:
+            self._decode_chunks(data, pieces)
+        except MalformedResponse as exc:
+            exc.body = b"".join(pieces)
+            raise
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def _decode_chunks(self, data: bytes, pieces: list[bytes]) -> None:
         position, size = 0, len(data)
         while position < size:
             state = self._state
@@ -218,9 +233,6 @@ class ResponseParser:
                     self._state, self._left = _DATA, chunk_size
                 else:
                     self._state = _TRAILERS
-        if len(pieces) == 1:
-            return pieces[0]
-        return b"".join(pieces)
 
 
 def parse_head(block: bytes) -> ResponseHead:
