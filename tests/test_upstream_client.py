@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -30,8 +33,9 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 class Upstream:
     """A raw TCP server on port 0 that runs ``script`` for each connection and notes what it saw."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
         self.script = script
+        self.tls = tls
         self.connections = 0
         self.heads: list[bytes] = []
         self.closed_by_client = asyncio.Event()
@@ -39,8 +43,9 @@ class Upstream:
         self.url = ""
 
     async def __aenter__(self) -> Upstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -225,6 +230,29 @@ async def test_connect_failure_names_the_reason() -> None:
     async with client_for(url) as client:
         with pytest.raises(ConnectFailed, match="Connection refused"):
             await client.request("GET", "/api/tags", [])
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=local",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_an_https_upstream_is_verified(self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with Upstream(await answer_every_request(OK), tls=tls) as upstream:
+        async with client_for(upstream.url) as client:  # a certificate nobody vouches for
+            with pytest.raises(ConnectFailed, match="TLS certificate verification failed: self-signed certificate"):
+                await client.request("GET", "/api/tags", [])
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trusted, as a private CA would be
+        async with client_for(upstream.url) as client:
+            assert await body_of(await client.request("GET", "/api/tags", [])) == b"ok"
 
 
 async def test_garbage_mid_body_fails_the_body_after_what_came_before() -> None:

@@ -398,6 +398,10 @@ def _basic_auth(username: str | None, password: str | None) -> str | None:
 
 def describe_os_error(exc: BaseException) -> str:
     """'Connection refused' rather than '[Errno 111] Connect call failed ('127.0.0.1', 11434)'."""
+    if isinstance(exc, ssl.SSLCertVerificationError):  # its errno is OpenSSL's, not the OS's
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
     errno = getattr(exc, "errno", None)
     if isinstance(errno, int) and errno > 0:
         return os.strerror(errno)
