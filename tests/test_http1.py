@@ -151,3 +151,38 @@ def test_request_head_gives_back_the_clients_exact_bytes() -> None:
     head = request_head("POST", "/api/chat?x=%2F", "127.0.0.1:11434", [("X-Name", raw_value)])
     assert head == (b"POST /api/chat?x=%2F HTTP/1.1\r\nHost: 127.0.0.1:11434\r\n"
                     b"X-Name: caf\xc3\xa9 \xff\r\n\r\n")
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"line %d\n" % i for i in range(200)],  # the usual: token lines, no CRLF inside
+    [b"a\r\nb", b"\r\n", b"c\r\n\r\n", b"\r\n0\r\n"] * 40,  # CRLF inside chunk data, even a fake last chunk
+    [bytes(range(256))] * 8,  # binary
+])
+def test_reads_of_whole_chunks_decode_exactly(pieces: list[bytes]) -> None:
+    """Big reads of whole chunks take the split-at-CRLF path; compare with byte-by-byte feeding, which never
+    does."""
+    wire = b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces)
+    for read_size in (512, 700, 4096, len(wire)):
+        parser = ResponseParser()
+        parser.feed(CHUNKED_HEAD)
+        body = b"".join(parser.feed(wire[i:i + read_size]) for i in range(0, len(wire), read_size))
+        body += parser.feed(b"0\r\n\r\n")
+        assert body == b"".join(pieces) and parser.complete, read_size
+
+
+@pytest.mark.parametrize(("size_line", "accepted"), [
+    (b"5;name=value", True), (b"5 ", True), (b"0x5", False), (b"+5", False), (b"5_0", False), (b" ", False),
+])
+def test_chunk_sizes_in_big_reads_are_read_strictly(size_line: bytes, accepted: bool) -> None:
+    wire = b"".join(b"3\r\nabc\r\n" for _ in range(100)) + size_line + b"\r\nhello\r\n"
+    parser = ResponseParser()
+    parser.feed(CHUNKED_HEAD)
+    if accepted:
+        assert parser.feed(wire) == b"abc" * 100 + b"hello"
+    else:
+        with pytest.raises(MalformedResponse, match="bad chunk-size line") as failure:
+            parser.feed(wire)
+        assert failure.value.body == b"abc" * 100  # the valid chunks before the fault are still relayed
