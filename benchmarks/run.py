@@ -1,6 +1,6 @@
 """Side-by-side benchmark: direct, a bare aiohttp passthrough, this proxy (every metric on), and nginx.
 
-    python -m benchmarks.run [--rounds 3] [--seconds 5] [--json benchmarks/results.json] [--markdown FILE]
+    python -m benchmarks.run [--rounds 5] [--seconds 5] [--json benchmarks/results.json] [--markdown FILE]
 
 Every target sits in front of the same fast stand-in upstream (benchmarks/upstream.py) and is measured in the
 same run, round after round with the targets interleaved, so that a noisy machine affects them alike. Reported
@@ -402,7 +402,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported (default 5)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each timed workload (default 5)")
     parser.add_argument("--sequential", type=int, default=200, help="requests in the sequential workload")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the JSON report")
