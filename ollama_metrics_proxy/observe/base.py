@@ -47,17 +47,29 @@ class LineObserver(Observer):
         if not block:
             return
         now = self._clock()
-        if self.observation.model is not None:  # the first message, which names the model, is always read
-            cut = self.boundary(block, self._first_special(block))
-            if cut:
-                count = self.count_content(block if cut == len(block) else block[:cut])
-                if count:
-                    self.observation.note_content(now, count)
-                if cut == len(block):
-                    return
-                block = block[cut:]
+        if self.observation.model is None:
+            block = self._read_until_model(block, now)
+        cut = self.boundary(block, self._first_special(block))
+        if cut:
+            count = self.count_content(block if cut == len(block) else block[:cut])
+            if count:
+                self.observation.note_content(now, count)
+            if cut == len(block):
+                return
+            block = block[cut:]
         for line in block.split(b"\n")[:-1]:
             self.line(line, now)
+
+    def _read_until_model(self, block: bytes, now: float) -> bytes:
+        """Read lines one by one until one names the model (the first, in every dialect Ollama speaks);
+        returns the rest of the block, which the fast path may count. Streams that never name one (progress)
+        are read line by line throughout."""
+        start = 0
+        while self.observation.model is None and start < len(block):
+            end = block.index(b"\n", start)
+            self.line(block[start:end], now)
+            start = end + 1
+        return block[start:] if start else block
 
     def close(self) -> Observation:
         rest = self._lines.close()
