@@ -1,14 +1,13 @@
-"""The relay's connection to the upstream Ollama: a lean HTTP/1.1 client (``client``) and its wire format
-(``http1``)."""
+"""The relay's connection to the upstream Ollama: a lean HTTP/1.1 client (``client``: the pool and requests;
+``connection``: one connection; ``http1``: the wire format; ``errors``: how it fails)."""
 
-from ollama_metrics_proxy.upstream.client import (
+from ollama_metrics_proxy.upstream.client import UpstreamClient, UpstreamResponse
+from ollama_metrics_proxy.upstream.errors import (
     BodyFailed,
     ConnectFailed,
     ConnectTimeout,
     ResponseFailed,
-    UpstreamClient,
     UpstreamError,
-    UpstreamResponse,
 )
 
 __all__ = ["BodyFailed", "ConnectFailed", "ConnectTimeout", "ResponseFailed", "UpstreamClient", "UpstreamError",

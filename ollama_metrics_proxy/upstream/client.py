@@ -10,7 +10,7 @@ generation may take an hour), reused while the upstream keeps them alive, closed
 closed at once when the relay gives up on a response (so Ollama sees the client leave). Request bodies are
 written as they arrive, with the socket's flow control; response bodies are delivered as they are read, and
 reading pauses while the relay has not caught up. Failures are translated at this boundary into the
-``UpstreamError`` subclasses below, each with a message for the user.
+``UpstreamError`` subclasses (``errors``), each with a message for the user.
 """
 
 from __future__ import annotations
@@ -19,210 +19,16 @@ import asyncio
 import base64
 import os
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, cast
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
-from ollama_metrics_proxy.upstream.http1 import MalformedResponse, ResponseHead, ResponseParser, request_head
+from ollama_metrics_proxy.upstream.connection import Connection
+from ollama_metrics_proxy.upstream.errors import ConnectFailed, ConnectTimeout, ResponseFailed
+from ollama_metrics_proxy.upstream.http1 import ResponseHead, ResponseParser, request_head
 
 IDLE_SECONDS: Final = 15.0  # aiohttp's keep-alive default; Ollama itself never closes idle connections
-READ_PAUSE_BYTES: Final = 256 * 1024  # stop reading the upstream while this much waits for a slow client
 Body = bytes | AsyncIterator[bytes] | None
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the exchange; ``str()`` is a message for the user."""
-
-
-class ConnectFailed(UpstreamError):
-    """No TCP (or TLS) connection could be made."""
-
-
-class ConnectTimeout(UpstreamError):
-    """Connecting took longer than the connect timeout."""
-
-
-class ResponseFailed(UpstreamError):
-    """The upstream closed the connection or sent something invalid before a complete response head."""
-
-
-class BodyFailed(UpstreamError):
-    """The response head was fine, but the body broke off or was invalid."""
-
-
-class _Connection(asyncio.Protocol):
-    """One upstream connection: feeds the parser of the response in progress and hands over its body."""
-
-    __slots__ = (
-        "_body",
-        "_buffered",
-        "_drain_waiter",
-        "_error",
-        "_loop",
-        "_read_waiter",
-        "_reading_paused",
-        "_writing_paused",
-        "closed",
-        "idle_since",
-        "parser",
-        "received_any",
-        "transport",
-    )
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser: ResponseParser | None = None  # None while idle in the pool
-        self.closed = False
-        self.received_any = False  # any byte of the current response: decides whether a retry is safe
-        self.idle_since = 0.0
-        self._loop = asyncio.get_running_loop()
-        self._body: deque[bytes] = deque()
-        self._buffered = 0
-        self._error: UpstreamError | None = None
-        # The relay waits for a head or body bytes; meanwhile a streamed request body may wait for the socket.
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._writing_paused = False
-
-    # ---------------------------------------------------------------- protocol callbacks (event loop)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:  # bytes while idle: the connection is out of step, never reuse it
-            self.close()
-            return
-        self.received_any = True
-        try:
-            body = parser.feed(data)
-        except MalformedResponse as exc:
-            self._deliver(exc.body)  # what came before the fault is valid: relay it, then fail
-            self._fail(exc)
-            self.close()
-            return
-        self._deliver(body)
-        if parser.head is not None:
-            self._wake_reader()
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        parser = self.parser
-        if parser is not None and not parser.complete:
-            try:
-                parser.eof()
-            except MalformedResponse as malformed:
-                self._fail(malformed)
-        self._wake_reader()
-        self._wake_writer()
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._wake_writer()
-
-    # ---------------------------------------------------------------- used by the client and the response
-
-    def begin(self, parser: ResponseParser) -> None:
-        self.parser = parser
-        self.received_any = False
-        self._error = None
-
-    async def head(self) -> ResponseHead:
-        parser = self.parser
-        assert parser is not None
-        while parser.head is None:
-            if self._error is not None:
-                raise self._error
-            await self._wait_to_read()
-        return parser.head
-
-    async def read(self) -> bytes:
-        """The body bytes read since the last call, b"" at the end; raises ``BodyFailed`` if it broke off (after
-        handing over everything that arrived before the break)."""
-        while True:
-            if self._body:
-                return self._take_body()
-            if self._error is not None:
-                raise self._error
-            if self.parser is None or self.parser.complete:
-                return b""
-            await self._wait_to_read()
-
-    async def send(self, *pieces: bytes) -> None:
-        """Write, waiting while the socket's buffer is over its high-water mark (large uploads). Several pieces
-        go out in one vectored write, without being joined into a copy first."""
-        if self.closed or self.transport is None:
-            raise ConnectionResetError("the upstream connection is closed")
-        if len(pieces) == 1:
-            self.transport.write(pieces[0])
-        else:
-            self.transport.writelines(pieces)
-        while self._writing_paused and not self.closed:
-            self._drain_waiter = self._loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
-
-    def reusable(self) -> bool:
-        parser = self.parser
-        return (not self.closed and parser is not None and parser.complete and parser.keep_alive
-                and not parser.extra_bytes and not self._body)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def _take_body(self) -> bytes:
-        chunk = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
-        self._body.clear()
-        self._buffered = 0
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        return chunk
-
-    def _deliver(self, body: bytes) -> None:
-        if body:
-            self._body.append(body)
-            self._buffered += len(body)
-            if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
-                self._reading_paused = True
-                self.transport.pause_reading()
-
-    def _fail(self, exc: MalformedResponse) -> None:
-        if self._error is None:
-            parser = self.parser
-            failure = ResponseFailed if parser is None or parser.head is None else BodyFailed
-            self._error = failure(str(exc))
-        self._wake_reader()
-
-    async def _wait_to_read(self) -> None:
-        self._read_waiter = self._loop.create_future()
-        try:
-            await self._read_waiter
-        finally:
-            self._read_waiter = None
-
-    def _wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class UpstreamResponse:
@@ -231,7 +37,7 @@ class UpstreamResponse:
 
     __slots__ = ("_client", "_connection", "_released", "_sender", "head", "headers", "read", "reason", "status")
 
-    def __init__(self, client: UpstreamClient, connection: _Connection, head: ResponseHead,
+    def __init__(self, client: UpstreamClient, connection: Connection, head: ResponseHead,
                  sender: asyncio.Task[None] | None) -> None:
         self.head = head
         self.status = head.status
@@ -272,7 +78,7 @@ class UpstreamClient:
         self._host_header = parts.netloc.rpartition("@")[2]
         self._path_prefix = parts.path.rstrip("/")
         self._authorization = _basic_auth(parts.username, parts.password)
-        self._idle: list[_Connection] = []
+        self._idle: list[Connection] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
@@ -310,7 +116,7 @@ class UpstreamClient:
                 raise
             return UpstreamResponse(self, connection, response_head, sender)
 
-    def put_back(self, connection: _Connection) -> None:
+    def put_back(self, connection: Connection) -> None:
         connection.parser = None
         connection.idle_since = asyncio.get_running_loop().time()
         self._idle.append(connection)
@@ -344,19 +150,19 @@ class UpstreamClient:
             chunked = True
         return (headers + extra if extra else headers), chunked
 
-    async def _acquire(self) -> tuple[_Connection, bool]:
+    async def _acquire(self) -> tuple[Connection, bool]:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to have been closed
             if not connection.closed:
                 return connection, True
         return await self._connect(), False
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
-                    _Connection, self._host, self._port, ssl=self._ssl,
+                    Connection, self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None)
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {self.connect_timeout:g} s") from None
@@ -379,7 +185,7 @@ class UpstreamClient:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._sweep)
 
 
-async def _send_stream(connection: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
+async def _send_stream(connection: Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:
     async for chunk in body:
         if chunk:
             if chunked:

@@ -1,0 +1,192 @@
+"""One keep-alive connection to the upstream, as an asyncio protocol.
+
+It feeds the bytes of the response in progress to the parser (``http1.ResponseParser``), hands the decoded body
+to the relay as it arrives, pauses reading while the relay has not caught up with a slow client, and makes a
+writer wait while the socket's buffer is full. A fault becomes ``ResponseFailed`` before the response head and
+``BodyFailed`` after it, raised only once everything received before the fault has been handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final, cast
+
+from ollama_metrics_proxy.upstream.errors import BodyFailed, ResponseFailed, UpstreamError
+from ollama_metrics_proxy.upstream.http1 import MalformedResponse, ResponseHead, ResponseParser
+
+READ_PAUSE_BYTES: Final = 256 * 1024  # stop reading the upstream while this much waits for a slow client
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection: feeds the parser of the response in progress and hands over its body."""
+
+    __slots__ = (
+        "_body",
+        "_buffered",
+        "_drain_waiter",
+        "_error",
+        "_loop",
+        "_read_waiter",
+        "_reading_paused",
+        "_writing_paused",
+        "closed",
+        "idle_since",
+        "parser",
+        "received_any",
+        "transport",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser: ResponseParser | None = None  # None while idle in the pool
+        self.closed = False
+        self.received_any = False  # any byte of the current response: decides whether a retry is safe
+        self.idle_since = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: UpstreamError | None = None
+        # The relay waits for a head or body bytes; meanwhile a streamed request body may wait for the socket.
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # ---------------------------------------------------------------- protocol callbacks (event loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:  # bytes while idle: the connection is out of step, never reuse it
+            self.close()
+            return
+        self.received_any = True
+        try:
+            body = parser.feed(data)
+        except MalformedResponse as exc:
+            self._deliver(exc.body)  # what came before the fault is valid: relay it, then fail
+            self._fail(exc)
+            self.close()
+            return
+        self._deliver(body)
+        if parser.head is not None:
+            self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        parser = self.parser
+        if parser is not None and not parser.complete:
+            try:
+                parser.eof()
+            except MalformedResponse as malformed:
+                self._fail(malformed)
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
+
+    # ---------------------------------------------------------------- used by the client and the response
+
+    def begin(self, parser: ResponseParser) -> None:
+        self.parser = parser
+        self.received_any = False
+        self._error = None
+
+    async def head(self) -> ResponseHead:
+        parser = self.parser
+        assert parser is not None
+        while parser.head is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait_to_read()
+        return parser.head
+
+    async def read(self) -> bytes:
+        """The body bytes read since the last call, b"" at the end; raises ``BodyFailed`` if it broke off (after
+        handing over everything that arrived before the break)."""
+        while True:
+            if self._body:
+                return self._take_body()
+            if self._error is not None:
+                raise self._error
+            if self.parser is None or self.parser.complete:
+                return b""
+            await self._wait_to_read()
+
+    async def send(self, *pieces: bytes) -> None:
+        """Write, waiting while the socket's buffer is over its high-water mark (large uploads). Several pieces
+        go out in one vectored write, without being joined into a copy first."""
+        if self.closed or self.transport is None:
+            raise ConnectionResetError("the upstream connection is closed")
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        else:
+            self.transport.writelines(pieces)
+        while self._writing_paused and not self.closed:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def reusable(self) -> bool:
+        parser = self.parser
+        return (not self.closed and parser is not None and parser.complete and parser.keep_alive
+                and not parser.extra_bytes and not self._body)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _take_body(self) -> bytes:
+        chunk = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def _deliver(self, body: bytes) -> None:
+        if body:
+            self._body.append(body)
+            self._buffered += len(body)
+            if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    def _fail(self, exc: MalformedResponse) -> None:
+        if self._error is None:
+            parser = self.parser
+            failure = ResponseFailed if parser is None or parser.head is None else BodyFailed
+            self._error = failure(str(exc))
+        self._wake_reader()
+
+    async def _wait_to_read(self) -> None:
+        self._read_waiter = self._loop.create_future()
+        try:
+            await self._read_waiter
+        finally:
+            self._read_waiter = None
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
