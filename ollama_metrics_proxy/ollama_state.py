@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollama_metrics_proxy.sources import SourceHealth
+from ollama_metrics_proxy.upstream.errors import describe_os_error
 
 log = logging.getLogger(__name__)
 POLL_TIMEOUT_SECONDS = 5.0
@@ -54,8 +54,7 @@ class OllamaSnapshot:
 
 def connection_failure(exc: aiohttp.ClientConnectorError) -> str:
     """'Connection refused' rather than aiohttp's 'Connect call failed (host, port)'."""
-    error = exc.os_error
-    return os.strerror(error.errno) if error.errno else str(error)
+    return describe_os_error(exc.os_error)
 
 
 def parse_time(text: Any) -> float | None:

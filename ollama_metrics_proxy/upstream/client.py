@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from ollama_metrics_proxy.upstream.connection import Connection
-from ollama_metrics_proxy.upstream.errors import ConnectFailed, ConnectTimeout, ResponseFailed
+from ollama_metrics_proxy.upstream.errors import ConnectFailed, ConnectTimeout, ResponseFailed, describe_os_error
 from ollama_metrics_proxy.upstream.http1 import ResponseHead, ResponseParser, request_head
 
 IDLE_SECONDS: Final = 15.0  # aiohttp's keep-alive default; Ollama itself never closes idle connections
@@ -207,15 +206,3 @@ def _basic_auth(username: str | None, password: str | None) -> str | None:
         return None
     credentials = f"{unquote(username)}:{unquote(password or '')}".encode()
     return "Basic " + base64.b64encode(credentials).decode("ascii")
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """'Connection refused' rather than '[Errno 111] Connect call failed ('127.0.0.1', 11434)'."""
-    if isinstance(exc, ssl.SSLCertVerificationError):  # its errno is OpenSSL's, not the OS's
-        return f"TLS certificate verification failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    errno = getattr(exc, "errno", None)
-    if isinstance(errno, int) and errno > 0:
-        return os.strerror(errno)
-    return str(exc) or type(exc).__name__

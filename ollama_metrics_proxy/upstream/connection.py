@@ -73,7 +73,7 @@ class Connection(asyncio.Protocol):
             return
         self._deliver(body)
         if parser.head is not None:
-            self._wake_reader()
+            _wake(self._read_waiter)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -86,15 +86,15 @@ class Connection(asyncio.Protocol):
                 parser.eof()
             except MalformedResponse as malformed:
                 self._fail(malformed)
-        self._wake_reader()
-        self._wake_writer()
+        _wake(self._read_waiter)
+        _wake(self._drain_waiter)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._wake_writer()
+        _wake(self._drain_waiter)
 
     # ---------------------------------------------------------------- used by the client and the response
 
@@ -172,7 +172,7 @@ class Connection(asyncio.Protocol):
             parser = self.parser
             failure = ResponseFailed if parser is None or parser.head is None else BodyFailed
             self._error = failure(str(exc))
-        self._wake_reader()
+        _wake(self._read_waiter)
 
     async def _wait_to_read(self) -> None:
         self._read_waiter = self._loop.create_future()
@@ -181,12 +181,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._read_waiter = None
 
-    def _wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
-    def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
