@@ -136,7 +136,7 @@ async def idle_close_on_second_request(upstream: Upstream, reader: asyncio.Strea
         await writer.drain()
 
 
-async def test_a_pooled_connection_closed_under_the_request_is_retried_once() -> None:
+async def test_a_pooled_connection_closed_under_the_request_is_retried_on_another() -> None:
     async with Upstream(idle_close_on_second_request) as upstream, client_for(upstream.url) as client:
         assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"
         assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"

@@ -65,6 +65,8 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
+    """Requests to the one upstream the proxy was configured with, over a pool of keep-alive connections."""
+
     def __init__(self, base_url: str, connect_timeout: float | None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -104,7 +106,7 @@ class UpstreamClient:
                 if sender is not None:
                     sender.cancel()
                 if reused and retry_allowed and not connection.received_any:
-                    continue  # the upstream closed this idle connection as we sent: try once on a new one
+                    continue  # the upstream closed this idle connection as we sent: try another, or a new one
                 if isinstance(exc, ResponseFailed):
                     raise
                 raise ResponseFailed("closed the connection before answering") from exc
