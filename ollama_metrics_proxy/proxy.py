@@ -136,13 +136,14 @@ class Proxy:
 
     async def _relay_response(self, request: web.BaseRequest, exchange: Exchange,
                               upstream: UpstreamResponse) -> web.StreamResponse:
-        exchange.status = upstream.status
-        exchange.content_type = upstream.head.get(hdrs.CONTENT_TYPE) or ""
+        head = upstream.head
+        exchange.status = head.status
+        exchange.content_type = head.get(hdrs.CONTENT_TYPE) or ""
         exchange.streaming = is_streaming_type(exchange.content_type)
-        headers = forwardable(upstream.headers, upstream.head.get(hdrs.CONNECTION))
+        headers = forwardable(head.headers, head.get(hdrs.CONNECTION))
         if exchange.streaming:
             headers.append(("X-Accel-Buffering", "no"))  # an nginx in front must not buffer the stream either
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = web.StreamResponse(status=head.status, reason=head.reason, headers=headers)
         await response.prepare(request)
         observer = self._observer(exchange)
         captured = exchange.captured_response

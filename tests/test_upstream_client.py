@@ -208,7 +208,7 @@ async def test_an_early_answer_to_an_upload_is_relayed() -> None:
 
     async with Upstream(refuse_upload) as upstream, client_for(upstream.url) as client:
         response = await client.request("POST", "/api/blobs/sha256:00", [], endless())
-        assert response.status == 413 and await body_of(response) == b"big!"
+        assert response.head.status == 413 and await body_of(response) == b"big!"
 
 
 async def test_credentials_and_path_prefix_of_the_upstream_url() -> None:

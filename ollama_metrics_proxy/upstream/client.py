@@ -34,14 +34,11 @@ class UpstreamResponse:
     """A response whose head has arrived. ``read()`` the body to its end, then ``release()`` (always, also on
     failure or cancellation): the connection goes back to the pool only if the exchange ended cleanly."""
 
-    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "headers", "read", "reason", "status")
+    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "read")
 
     def __init__(self, client: UpstreamClient, connection: Connection, head: ResponseHead,
                  sender: asyncio.Task[None] | None) -> None:
-        self.head = head
-        self.status = head.status
-        self.reason = head.reason
-        self.headers = head.headers
+        self.head = head  # status, reason and headers as the upstream sent them
         # The body bytes read since the last call, b"" at the end; raises BodyFailed if the body broke off.
         # The connection's own method, so that relaying a chunk costs no extra call.
         self.read: Callable[[], Awaitable[bytes]] = connection.read
