@@ -89,6 +89,10 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
     }
 
 
+# The one definition of an error (see README, "outcome"): failures on the server's side.
+ERROR_OUTCOMES = "server_error|upstream_error|upstream_unreachable|timeout"
+
+
 def overview() -> dict[str, Any]:
     layout = Layout()
     panels = [
@@ -105,19 +109,25 @@ def overview() -> dict[str, Any]:
               "Streamed requests: gaps between consecutive generated chunks as clients received them.", "s",
               quantiles("ollama_inter_token_latency_seconds")),
         panel(layout, "Prompt and generated tokens per second",
-              "Tokens per second across the selected models, as Ollama reported them.", "short",
+              "Tokens per second across the selected models, as Ollama reported them; 'estimated' is the part "
+              "of the generated tokens counted from content chunks where the reply reported no count (OpenAI "
+              "streams without include_usage, streams cut short).", "short",
               [(f"sum(rate(ollama_prompt_tokens_total{{{SEL}}}[{RI}]))", "prompt"),
-               (f"sum(rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "generated")]),
+               (f"sum(rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "generated"),
+               (f"sum(rate(ollama_generation_tokens_estimated_total{{{SEL}}}[{RI}]))", "generated (estimated)")]),
         panel(layout, "Decode speed by model",
-              "Generated tokens per second of decode time (eval_count / eval_duration): the GPU's real speed.",
-              "short",
-              [(f"sum by (model) (rate(ollama_generation_tokens_total{{{SEL}}}[{RI}])) / "
+              "Generated tokens per second of decode time (eval_count / eval_duration over exactly the requests "
+              "that reported both): the GPU's real speed.", "short",
+              [(f"sum by (model) (rate(ollama_eval_tokens_total{{{SEL}}}[{RI}])) / "
                 f"sum by (model) (rate(ollama_eval_seconds_total{{{SEL}}}[{RI}]))", "{{model}}")]),
-        panel(layout, "Errors and aborted requests",
-              "Requests that did not succeed, by outcome: 4xx, 5xx, Ollama unreachable, streams cut off, clients "
-              "that went away.", "reqps",
-              [(f'sum by (outcome) (rate(ollama_requests_total{{{SEL}, outcome!="success"}}[{RI}]))',
-                "{{outcome}}"),
+        panel(layout, "Errors, client errors and aborted requests",
+              "Requests that did not succeed, by outcome. Errors (the error ratio's numerator) are the server's "
+              "failures: server_error (5xx), upstream_error (streams cut off, in-band errors), "
+              "upstream_unreachable and timeout. client_error (4xx) and clients that went away are shown apart.",
+              "reqps",
+              [(f'sum by (outcome) (rate(ollama_requests_total{{{SEL}, outcome=~"{ERROR_OUTCOMES}"}}[{RI}]))',
+                "error: {{outcome}}"),
+               (f'sum(rate(ollama_requests_total{{{SEL}, outcome="client_error"}}[{RI}]))', "client_error"),
                (f"sum by (phase) (rate(ollama_client_disconnects_total{{{SEL}}}[{RI}]))", "disconnect {{phase}}")]),
         panel(layout, "In-flight requests",
               "Requests queued in Ollama or generating right now.", "short",

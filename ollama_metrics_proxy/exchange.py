@@ -75,3 +75,14 @@ def outcome_for_response(exchange: Exchange) -> Outcome:
     if exchange.streaming and dialect_of(exchange.endpoint) is not Dialect.NONE and not obs.complete:
         return Outcome.UPSTREAM_ERROR
     return Outcome.SUCCESS
+
+
+def client_left(exchange: Exchange, observation: Observation | None = None) -> Outcome:
+    """How a request went when its client disconnected: a success if the response's terminal event (``[DONE]``,
+    ``"done":true``, ``message_stop``, ``response.completed``, the end of a JSON body) had already been relayed,
+    whatever the client does afterwards (the OpenAI SDK closes right after ``[DONE]``, before the chunked
+    terminator arrives); otherwise aborted."""
+    obs = observation or exchange.observation
+    if obs.complete and obs.error is None and exchange.status and exchange.status < 400:
+        return Outcome.SUCCESS
+    return Outcome.ABORTED

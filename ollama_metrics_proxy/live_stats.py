@@ -10,7 +10,7 @@ from typing import Any
 
 from ollama_metrics_proxy.endpoints import is_inference
 from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.store import ERROR_OUTCOMES
+from ollama_metrics_proxy.store import CLIENT_ERROR_OUTCOMES, ERROR_OUTCOMES
 
 RECENT_DURATIONS = 10_000  # percentiles are over the most recent requests, so memory stays bounded
 
@@ -20,10 +20,12 @@ class ModelTotals:
     requests: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    generation_tokens_estimated: int = 0
     duration_seconds: float = 0.0
     decoded_tokens: int = 0
     eval_seconds: float = 0.0
     errors: int = 0
+    client_errors: int = 0
     last_used: float = 0.0
 
 
@@ -50,9 +52,7 @@ class LiveStats:
         self.in_flight -= 1
         obs = exchange.observation
         duration = max(exchange.ended - exchange.started, 0.0)
-        generated = obs.generation_tokens
-        if generated is None and not obs.complete:
-            generated = obs.content_chunks
+        generated, estimated = obs.generated()
         self._durations.append(duration)
         if exchange.outcome is Outcome.ABORTED:
             self.aborted += 1
@@ -63,11 +63,13 @@ class LiveStats:
             totals.requests += 1
             totals.prompt_tokens += obs.prompt_tokens or 0
             totals.generation_tokens += generated or 0
+            totals.generation_tokens_estimated += (generated or 0) if estimated else 0
             totals.duration_seconds += duration
-            if obs.eval_seconds:
+            if obs.eval_seconds is not None:  # decode speed over exactly the requests that timed their decode
                 totals.decoded_tokens += obs.generation_tokens or 0
                 totals.eval_seconds += obs.eval_seconds
             totals.errors += exchange.outcome in ERROR_OUTCOMES
+            totals.client_errors += exchange.outcome in CLIENT_ERROR_OUTCOMES
             totals.last_used = exchange.wall_started
 
     def summary(self) -> dict[str, Any]:
@@ -80,7 +82,9 @@ class LiveStats:
             "in_flight": self.in_flight,
             "prompt_tokens": totals.prompt_tokens,
             "generation_tokens": totals.generation_tokens,
+            "generation_tokens_estimated": totals.generation_tokens_estimated,
             "errors": totals.errors,
+            "client_errors": totals.client_errors,
             "error_ratio": totals.errors / totals.requests if totals.requests else 0.0,
             "aborted": self.aborted,
             "average_duration_seconds": totals.duration_seconds / totals.requests if totals.requests else None,
@@ -95,8 +99,10 @@ class LiveStats:
         return [
             {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
              "generation_tokens": t.generation_tokens,
+             "generation_tokens_estimated": t.generation_tokens_estimated,
              "average_duration_seconds": t.duration_seconds / t.requests,
              "decode_tokens_per_second": t.decoded_tokens / t.eval_seconds if t.eval_seconds else None,
-             "error_ratio": t.errors / t.requests, "last_used_ms": int(t.last_used * 1000)}
+             "errors": t.errors, "client_errors": t.client_errors, "error_ratio": t.errors / t.requests,
+             "last_used_ms": int(t.last_used * 1000)}
             for name, t in rows
         ]

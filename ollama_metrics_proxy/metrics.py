@@ -35,6 +35,7 @@ PHASE_DURATION_BUCKETS = (
 TOKEN_COUNT_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 TOKENS_PER_SECOND_BUCKETS = (
     1, 2.5, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+    100000, 200000, 500000, 1000000,  # prefill of a long, mostly cached prompt reads far above real compute speed
 )
 
 ENDPOINT_MODEL = ("endpoint", "model")
@@ -196,10 +197,29 @@ class TrafficMetrics:
             "Generations that reported why they stopped (done_reason, finish_reason or stop_reason).",
             (*ENDPOINT_MODEL, "reason"))
         self.prompt_tokens = counter(
-            "ollama_prompt_tokens_total", "Prompt tokens Ollama reported (including cached ones).")
+            "ollama_prompt_tokens_total",
+            "Prompt tokens Ollama reported, including those served from its prompt cache.")
         self.generation_tokens = counter(
             "ollama_generation_tokens_total",
-            "Generated tokens Ollama reported; for a stream that ended early, the content chunks relayed.")
+            "Generated tokens: the count the reply reported, else (estimated) one per content chunk relayed.")
+        self.generation_tokens_estimated = counter(
+            "ollama_generation_tokens_estimated_total",
+            "The part of ollama_generation_tokens_total that is estimated from content chunks, because the reply "
+            "reported no count (OpenAI streams without include_usage, streams cut short).")
+        self.eval_tokens = counter(
+            "ollama_eval_tokens_total",
+            "Generated tokens of the requests that reported Ollama's eval_duration (native routes); divide by "
+            "ollama_eval_seconds_total for decode speed over exactly the same requests.")
+        self.prompt_eval_tokens = counter(
+            "ollama_prompt_eval_tokens_total",
+            "Prompt tokens (prompt_eval_count, including cached ones) of the requests that reported "
+            "prompt_eval_duration; divided by ollama_prompt_eval_seconds_total this overstates prefill speed when "
+            "the prompt cache hits, since the duration covers only the uncached tokens.")
+        self.load_requests = counter(
+            "ollama_load_requests_total",
+            "Requests that only loaded a model (done_reason load: an empty prompt) or unloaded it (unload: "
+            "keep_alive 0), kept out of the generation, time-to-first-token and decode figures.",
+            (*ENDPOINT_MODEL, "action"))
         self.request_prompt_tokens = histogram(
             "ollama_request_prompt_tokens", "Prompt tokens per request.", TOKEN_COUNT_BUCKETS)
         self.request_generation_tokens = histogram(
@@ -208,14 +228,14 @@ class TrafficMetrics:
             "ollama_prompt_cached_tokens_total",
             "Prompt tokens served from cache, where the reply reports them (/v1 usage details).")
         self.embedding_inputs = counter(
-            "ollama_embedding_inputs_total", "Inputs embedded (one per returned vector).", ("model",))
+            "ollama_embedding_inputs_total", "Inputs embedded (one per returned vector).")
         self.load_duration = histogram(
             "ollama_load_duration_seconds",
             "Ollama's load_duration: waiting for and loading the model (includes queueing).",
             PHASE_DURATION_BUCKETS)
         self.prompt_eval_duration = histogram(
-            "ollama_prompt_eval_duration_seconds", "Ollama's prompt_eval_duration: prefill of uncached prompt "
-            "tokens.", PHASE_DURATION_BUCKETS)
+            "ollama_prompt_eval_duration_seconds", "Ollama's prompt_eval_duration: prefill of the prompt tokens "
+            "not served from its prompt cache.", PHASE_DURATION_BUCKETS)
         self.eval_duration = histogram(
             "ollama_eval_duration_seconds", "Ollama's eval_duration: decoding the generated tokens.",
             PHASE_DURATION_BUCKETS)
@@ -224,17 +244,19 @@ class TrafficMetrics:
         self.load_seconds = counter(
             "ollama_load_seconds_total", "Sum of Ollama's load_duration.")
         self.prompt_eval_seconds = counter(
-            "ollama_prompt_eval_seconds_total", "Sum of Ollama's prompt_eval_duration; divide "
-            "ollama_prompt_tokens_total by it for prefill speed.")
+            "ollama_prompt_eval_seconds_total", "Sum of Ollama's prompt_eval_duration (prefill of the prompt "
+            "tokens not served from cache); ollama_prompt_eval_tokens_total counts the same requests' tokens.")
         self.eval_seconds = counter(
-            "ollama_eval_seconds_total", "Sum of Ollama's eval_duration; divide ollama_generation_tokens_total "
-            "by it for decode speed.")
+            "ollama_eval_seconds_total", "Sum of Ollama's eval_duration; divide ollama_eval_tokens_total by it "
+            "for decode speed.")
         self.generation_speed = histogram(
             "ollama_generation_tokens_per_second", "Decode speed per request: eval_count / eval_duration.",
             TOKENS_PER_SECOND_BUCKETS)
         self.prompt_speed = histogram(
             "ollama_prompt_tokens_per_second",
-            "Prefill speed per request: prompt_eval_count / prompt_eval_duration.", TOKENS_PER_SECOND_BUCKETS)
+            "Prefill speed per request: prompt_eval_count / prompt_eval_duration. prompt_eval_count includes "
+            "tokens served from the prompt cache while the duration covers only the uncached ones, so this "
+            "overstates compute speed when the cache hits.", TOKENS_PER_SECOND_BUCKETS)
 
         build = Gauge("ollama_metrics_proxy_build_info", "The proxy's version; always 1.",
                       ("version", "python_version"), registry=registry)

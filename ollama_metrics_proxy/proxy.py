@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 
 from ollama_metrics_proxy.content import CAPTURE_BYTES
 from ollama_metrics_proxy.endpoints import BLOBS, classify
-from ollama_metrics_proxy.exchange import Exchange, Outcome, outcome_for_response
+from ollama_metrics_proxy.exchange import Exchange, Outcome, client_left, outcome_for_response
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
@@ -98,12 +98,12 @@ class Proxy:
             in_flight = self._recorder.start(exchange)
             return await self._relay(request, exchange, body)
         except asyncio.CancelledError:
-            exchange.finish(Outcome.ABORTED, self._clock())
+            exchange.finish(client_left(exchange), self._clock())
             raise
         except ConnectionResetError:
             # The client left while headers or the last chunk were being written. A routine event, not an
             # error to log with a traceback: hand aiohttp a response it will find it cannot send.
-            exchange.finish(Outcome.ABORTED, self._clock())
+            exchange.finish(client_left(exchange), self._clock())
             return web.Response(status=499)
         finally:
             exchange.finish(Outcome.SUCCESS, self._clock())
@@ -153,7 +153,7 @@ class Proxy:
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:
-                    exchange.finish(Outcome.ABORTED, self._clock())
+                    exchange.finish(client_left(exchange, observer.observation), self._clock())
                     return response  # aiohttp notices the closed transport itself
                 exchange.bytes_out += len(chunk)
                 if captured is not None and len(captured) < CAPTURE_BYTES:

@@ -11,7 +11,7 @@ import logging
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
 from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.metrics import TrafficMetrics
+from ollama_metrics_proxy.metrics import FastCounter, FastHistogram, TrafficMetrics
 from ollama_metrics_proxy.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
@@ -74,14 +74,11 @@ class Recorder:
         m.duration.labels(*key).observe(max(exchange.ended - exchange.started, 0.0))
         if outcome is Outcome.ABORTED:
             m.client_disconnects.labels(*key, exchange.disconnect_phase.value).inc()
-        if exchange.streaming and obs.first_content_at is not None:
-            m.time_to_first_token.labels(*key).observe(max(obs.first_content_at - exchange.started, 0.0))
-        if obs.gaps.observations:
-            m.inter_token_latency.labels(*key).merge(obs.gaps.counts, obs.gaps.total)
-        if obs.finish_reason:
-            m.finished.labels(*key, finish_reason_label(obs.finish_reason)).inc()
-        self._record_tokens(exchange, key)
-        self._record_phases(exchange, key)
+        if obs.lifecycle:  # a model load or unload: no generation to measure, only the load itself
+            m.load_requests.labels(*key, obs.finish_reason or "").inc()
+            self._record_phase(obs.load_seconds, m.load_duration, m.load_seconds, key)
+        else:
+            self._record_generation(exchange, key)
         if obs.parse_errors:
             m.parse_errors.labels(endpoint).inc(obs.parse_errors)
         m.relayed_bytes.labels(endpoint, "request").inc(exchange.bytes_in)
@@ -90,40 +87,54 @@ class Recorder:
             log.debug("request", extra={"fields": _log_fields(exchange, model, outcome)})
         return model
 
+    def _record_generation(self, exchange: Exchange, key: tuple[str, str]) -> None:
+        m, obs = self.metrics, exchange.observation
+        if exchange.streaming and obs.first_content_at is not None:
+            m.time_to_first_token.labels(*key).observe(max(obs.first_content_at - exchange.started, 0.0))
+        if obs.gaps.observations:
+            m.inter_token_latency.labels(*key).merge(obs.gaps.counts, obs.gaps.total)
+        if obs.finish_reason:
+            m.finished.labels(*key, finish_reason_label(obs.finish_reason)).inc()
+        self._record_tokens(exchange, key)
+        self._record_phase(obs.load_seconds, m.load_duration, m.load_seconds, key)
+        self._record_phase(obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds, key)
+        self._record_phase(obs.eval_seconds, m.eval_duration, m.eval_seconds, key)
+        self._record_phase(obs.total_seconds, m.total_duration, None, key)
+
     def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
         m, obs = self.metrics, exchange.observation
-        generated = obs.generation_tokens
-        if generated is None and not obs.complete and obs.content_chunks:
-            generated = obs.content_chunks  # cut short: each relayed content chunk is one token of GPU work
+        generated, estimated = obs.generated()
         if obs.prompt_tokens is not None:
             m.prompt_tokens.labels(*key).inc(obs.prompt_tokens)
             m.request_prompt_tokens.labels(*key).observe(obs.prompt_tokens)
         if generated is not None:
             m.generation_tokens.labels(*key).inc(generated)
             m.request_generation_tokens.labels(*key).observe(generated)
+            if estimated:
+                m.generation_tokens_estimated.labels(*key).inc(generated)
         if obs.cached_tokens is not None:
             m.cached_tokens.labels(*key).inc(obs.cached_tokens)
         if obs.embedding_inputs is not None:
-            m.embedding_inputs.labels(key[1]).inc(obs.embedding_inputs)
-        if generated and obs.eval_seconds:
-            m.generation_speed.labels(*key).observe(generated / obs.eval_seconds)
-        if obs.prompt_tokens and obs.prompt_eval_seconds:
-            m.prompt_speed.labels(*key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
+            m.embedding_inputs.labels(*key).inc(obs.embedding_inputs)
+        # Speeds pair a count with the duration Ollama measured for exactly those tokens: the counters below
+        # are the numerators of the decode and prefill rates over the same requests as their seconds.
+        if obs.eval_seconds is not None:
+            m.eval_tokens.labels(*key).inc(obs.generation_tokens or 0)
+            if obs.generation_tokens and obs.eval_seconds > 0:
+                m.generation_speed.labels(*key).observe(obs.generation_tokens / obs.eval_seconds)
+        if obs.prompt_eval_seconds is not None:
+            m.prompt_eval_tokens.labels(*key).inc(obs.prompt_tokens or 0)
+            if obs.prompt_tokens and obs.prompt_eval_seconds > 0:
+                m.prompt_speed.labels(*key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
 
-    def _record_phases(self, exchange: Exchange, key: tuple[str, str]) -> None:
-        m, obs = self.metrics, exchange.observation
-        phases = (
-            (obs.load_seconds, m.load_duration, m.load_seconds),
-            (obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds),
-            (obs.eval_seconds, m.eval_duration, m.eval_seconds),
-            (obs.total_seconds, m.total_duration, None),
-        )
-        for seconds, histogram, counter in phases:
-            if seconds is None:
-                continue
-            histogram.labels(*key).observe(seconds)
-            if counter is not None:
-                counter.labels(*key).inc(seconds)
+    @staticmethod
+    def _record_phase(seconds: float | None, histogram: FastHistogram, counter: FastCounter | None,
+                      key: tuple[str, str]) -> None:
+        if seconds is None:
+            return
+        histogram.labels(*key).observe(seconds)
+        if counter is not None:
+            counter.labels(*key).inc(seconds)
 
 
 def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, object]:
@@ -139,7 +150,8 @@ def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, o
         "duration_s": round(exchange.ended - exchange.started, 6),
         "ttft_s": ttft,
         "prompt_tokens": obs.prompt_tokens,
-        "generation_tokens": obs.generation_tokens,
+        "generation_tokens": obs.generated()[0],
+        "generation_tokens_estimated": obs.generated()[1],
         "bytes_in": exchange.bytes_in,
         "bytes_out": exchange.bytes_out,
         "client": exchange.client,

@@ -48,9 +48,7 @@ Captured = tuple[bytes, bytes, str]  # request body, response body, response con
 
 def record_for(exchange: Exchange, proxy_name: str) -> UsageRecord:
     obs = exchange.observation
-    generated = obs.generation_tokens
-    if generated is None and not obs.complete and obs.content_chunks:
-        generated = obs.content_chunks
+    generated, estimated = obs.generated()
     ttft = None if obs.first_content_at is None else max(obs.first_content_at - exchange.started, 0.0)
     model = exchange.model
     return UsageRecord(
@@ -62,6 +60,7 @@ def record_for(exchange: Exchange, proxy_name: str) -> UsageRecord:
         duration_seconds=max(exchange.ended - exchange.started, 0.0), ttft_seconds=ttft,
         load_seconds=obs.load_seconds, prompt_eval_seconds=obs.prompt_eval_seconds, eval_seconds=obs.eval_seconds,
         done_reason=obs.finish_reason, bytes_in=exchange.bytes_in, bytes_out=exchange.bytes_out, proxy=proxy_name,
+        generation_tokens_estimated=generated if estimated and generated else 0,
     )
 
 

@@ -17,7 +17,10 @@ from typing import Any, NamedTuple, Protocol
 
 # SQLite allows 32766 bound values per statement; 22 columns times 256 rows stays well below.
 ROWS_PER_INSERT = 256
-ERROR_OUTCOMES = ("client_error", "server_error", "upstream_unreachable", "upstream_error", "timeout")
+# The one definition of an error, shared with the live figures, the recording rules and the dashboards: a failure
+# on the server's side. A client's mistake (4xx) is counted apart, and a client giving up is neither.
+ERROR_OUTCOMES = ("server_error", "upstream_unreachable", "upstream_error", "timeout")
+CLIENT_ERROR_OUTCOMES = ("client_error",)
 
 
 class UsageRecord(NamedTuple):
@@ -45,6 +48,8 @@ class UsageRecord(NamedTuple):
     proxy: str
     prompt_text: str | None = None
     response_text: str | None = None
+    # Of generation_tokens, how many are estimated from content chunks because the reply reported no count.
+    generation_tokens_estimated: int = 0
 
 
 COLUMNS = UsageRecord._fields
@@ -78,6 +83,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX requests_started ON requests (started_ms)
     """,
+    "ALTER TABLE requests ADD COLUMN generation_tokens_estimated BIGINT NOT NULL DEFAULT 0",
 )
 
 
@@ -214,10 +220,9 @@ class Store:
 
     def history(self, since_ms: int, step_ms: int) -> list[tuple[int, int, int, float, int]]:
         """Per time bucket: (bucket start ms, requests, generated tokens, summed duration, errors)."""
-        errors = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
         statement = (
             "SELECT started_ms / ? AS bucket, COUNT(*), COALESCE(SUM(generation_tokens), 0), "
-            f"SUM(duration_seconds), SUM(CASE WHEN outcome IN ({errors}) THEN 1 ELSE 0 END) "
+            f"SUM(duration_seconds), {_count_of(ERROR_OUTCOMES)} "
             "FROM requests WHERE started_ms >= ? GROUP BY bucket ORDER BY bucket"
         )
         with self._cursor() as cursor:
@@ -232,21 +237,23 @@ class Store:
         return self._grouped("client_identity")
 
     def _grouped(self, column: str) -> list[dict[str, Any]]:
-        errors = ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
         statement = (
             f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(generation_tokens), 0), "
-            "AVG(duration_seconds), SUM(CASE WHEN eval_seconds > 0 THEN generation_tokens ELSE 0 END), "
-            f"SUM(eval_seconds), SUM(CASE WHEN outcome IN ({errors}) THEN 1 ELSE 0 END), MAX(started_ms) "
+            "COALESCE(SUM(generation_tokens_estimated), 0), AVG(duration_seconds), "
+            "SUM(CASE WHEN eval_seconds IS NOT NULL THEN COALESCE(generation_tokens, 0) ELSE 0 END), "
+            f"SUM(eval_seconds), {_count_of(ERROR_OUTCOMES)}, {_count_of(CLIENT_ERROR_OUTCOMES)}, MAX(started_ms) "
             f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY COUNT(*) DESC"
         )
         with self._cursor() as cursor:
             cursor.execute(statement)
             return [
                 {"name": name, "requests": int(n), "prompt_tokens": int(prompt), "generation_tokens": int(generated),
-                 "average_duration_seconds": float(average or 0),
+                 "generation_tokens_estimated": int(estimated), "average_duration_seconds": float(average or 0),
                  "decode_tokens_per_second": float(decoded) / float(evals) if evals else None,
-                 "error_ratio": int(errs) / int(n), "last_used_ms": int(last)}
-                for name, n, prompt, generated, average, decoded, evals, errs, last in cursor.fetchall()
+                 "errors": int(errs), "client_errors": int(client_errs), "error_ratio": int(errs) / int(n),
+                 "last_used_ms": int(last)}
+                for name, n, prompt, generated, estimated, average, decoded, evals, errs, client_errs, last
+                in cursor.fetchall()
             ]
 
     def _filters(self, filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
@@ -263,6 +270,12 @@ class Store:
             clauses.append("started_ms < ?")
             params.append(filters["until"])
         return clauses, params
+
+
+def _count_of(outcomes: Sequence[str]) -> str:
+    """SQL counting the rows whose outcome is one of ``outcomes`` (a fixed set, never user input)."""
+    listed = ", ".join(f"'{outcome}'" for outcome in outcomes)
+    return f"SUM(CASE WHEN outcome IN ({listed}) THEN 1 ELSE 0 END)"
 
 
 class SqliteStore(Store):

@@ -96,7 +96,7 @@ async def test_official_client_works_and_metrics_match_reports(
         assert proxy.value("ollama_time_to_first_token_seconds_count", endpoint=path, **labels) == 1
     embed = {"endpoint": "/api/embed", "model": "all-minilm:latest"}
     assert proxy.value("ollama_prompt_tokens_total", **embed) == reported("/api/embed", False)["prompt_eval_count"]
-    assert proxy.value("ollama_embedding_inputs_total", model="all-minilm:latest") == 2
+    assert proxy.value("ollama_embedding_inputs_total", **embed) == 2
     assert proxy.value("ollama_requests_total", endpoint="/api/pull", outcome="success", **labels) == 1
     for path in ("/api/tags", "/api/ps"):
         assert proxy.value("ollama_requests_total", endpoint=path, model="none", outcome="success") == 1

@@ -8,6 +8,7 @@ dashboards, rules, README and examples must be one the proxy exports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -128,6 +129,11 @@ async def drive_traffic(proxy: ProxyUnderTest, fake: FakeOllama, http: aiohttp.C
     await drive_every_route(proxy, http)
     async with http.post(proxy.url + "/api/generate", json={"model": UNKNOWN_MODEL}) as response:
         assert response.status == 404
+    fake.die_after = 1  # Ollama dies mid-stream: an error on the server's side (upstream_error)
+    async with http.post(proxy.url + "/api/generate", json={"model": "llama3.2"}) as response:
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            await response.read()
+    fake.die_after = None
     fake.gate = asyncio.Event()  # one client gives up mid-stream
     response = await http.post(proxy.url + "/api/chat", json={"model": "llama3.2"})
     await response.content.readline()

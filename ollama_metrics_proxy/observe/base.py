@@ -10,6 +10,16 @@ from ollama_metrics_proxy.observe.observation import Observation
 
 Clock = Callable[[], float]
 
+# Whitespace between JSON tokens, where it could change what a byte pattern matches: around a key's colon
+# (`"done": true`), and tab or CR anywhere (raw ones cannot occur inside JSON strings). A block holding any of
+# these is read line by line with a real JSON parser instead of being counted by patterns. Inside a string, `": `
+# can only appear escaped (`\\": `): such a line merely takes the slower, always correct path.
+SPACED_JSON: tuple[bytes, ...] = (b'": ', b'" :', b"\t", b"\r")
+
+
+def is_compact(block: bytes) -> bool:
+    return not any(marker in block for marker in SPACED_JSON)
+
 
 class Observer:
     """Learns nothing: used for bodies with nothing to measure (errors, management routes, blobs)."""
@@ -31,9 +41,11 @@ class LineObserver(Observer):
 
     The fast path: the part of a block before the first ``special`` marker (final objects, errors, empty
     pieces) holds only ordinary content messages, so it is only counted (``count_content``), with substring
-    searches at C speed whatever its size. The rest of the block, usually just the final line, is split and each
-    line handed to ``line``. Both paths give the same result; the tests check that at every split point of the
-    recorded streams.
+    searches at C speed whatever its size. It is taken only when that part has exactly the shape Ollama writes
+    (``counts_exactly``: compact JSON, one message per line or event, every message carrying content); anything
+    else (spaced JSON, comments, unknown lines) is read line by line, where every message is parsed as JSON.
+    Both paths give the same result; the tests check that at every split point of the recorded streams, in
+    compact and in spaced JSON.
     """
 
     special: tuple[bytes, ...] = ()
@@ -51,12 +63,14 @@ class LineObserver(Observer):
             block = self._read_until_model(block, now)
         cut = self.boundary(block, self._first_special(block))
         if cut:
-            count = self.count_content(block if cut == len(block) else block[:cut])
-            if count:
-                self.observation.note_content(now, count)
-            if cut == len(block):
-                return
-            block = block[cut:]
+            part = block if cut == len(block) else block[:cut]
+            count = self.counts_exactly(part)
+            if count is not None:
+                if count:
+                    self.observation.note_content(now, count)
+                if cut == len(block):
+                    return
+                block = block[cut:]
         for line in block.split(b"\n")[:-1]:
             self.line(line, now)
 
@@ -73,10 +87,20 @@ class LineObserver(Observer):
 
     def close(self) -> Observation:
         rest = self._lines.close()
-        if rest:
-            self.line(rest, self._clock())
+        if rest or self.pending():
+            now = self._clock()
+            if rest:
+                self.line(rest, now)
+            self.end_of_stream(now)
         self.observation.parse_errors += self._lines.oversized
         return self.observation
+
+    def pending(self) -> bool:
+        """Whether a message is still being assembled (an SSE event without its blank line)."""
+        return False
+
+    def end_of_stream(self, now: float) -> None:
+        """The body ended: handle anything still pending."""
 
     def _first_special(self, block: bytes) -> int:
         """Where the first special marker starts; the block's length when there is none."""
@@ -91,9 +115,10 @@ class LineObserver(Observer):
         """How much of the block, up to ``limit``, may be counted without a closer look: whole lines."""
         return len(block) if limit == len(block) else block.rfind(b"\n", 0, limit) + 1
 
-    def count_content(self, block: bytes) -> int:
-        """How many content-carrying messages a block of ordinary messages holds."""
-        return 0
+    def counts_exactly(self, part: bytes) -> int | None:
+        """How many content messages a part free of special markers holds, when its shape makes that count
+        certain; None sends it line by line."""
+        return None
 
     def line(self, line: bytes, now: float) -> None:
         """One complete line, without its newline."""

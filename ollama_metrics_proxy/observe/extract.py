@@ -66,7 +66,8 @@ def _seconds(value: Any) -> float | None:
     return None if count is None else count / NANOSECONDS
 
 
-def _str(value: Any) -> str | None:
+def text(value: Any) -> str | None:
+    """A non-empty string value, else None."""
     return value if isinstance(value, str) and value else None
 
 
@@ -80,14 +81,14 @@ def error_message(obj: dict[str, Any]) -> str | None:
     if isinstance(error, str):
         return error or "error"
     if isinstance(error, dict):
-        return _str(error.get("message")) or "error"
+        return text(error.get("message")) or "error"
     return None
 
 
 def apply_native(obs: Observation, obj: dict[str, Any]) -> None:
     """A ``done: true`` object from /api/generate or /api/chat, or an /api/embed(dings) reply."""
-    obs.model = _str(obj.get("model")) or obs.model
-    obs.finish_reason = _str(obj.get("done_reason")) or obs.finish_reason
+    obs.model = text(obj.get("model")) or obs.model
+    obs.finish_reason = text(obj.get("done_reason")) or obs.finish_reason
     obs.prompt_tokens = _int(obj.get("prompt_eval_count"))
     obs.generation_tokens = _int(obj.get("eval_count"))
     obs.load_seconds = _seconds(obj.get("load_duration"))
@@ -109,11 +110,22 @@ def native_has_content(obj: dict[str, Any]) -> bool:
     )
 
 
+def openai_has_content(obj: dict[str, Any]) -> bool:
+    """Whether an OpenAI chunk carries generated text, reasoning or tool calls (not a bare finish or usage)."""
+    for choice in obj.get("choices") or ():
+        choice = _dict(choice)
+        delta = _dict(choice.get("delta"))
+        if (choice.get("text") or delta.get("content") or delta.get("reasoning")
+                or delta.get("reasoning_content") or delta.get("tool_calls")):
+            return True
+    return False
+
+
 def apply_openai(obs: Observation, obj: dict[str, Any]) -> None:
     """An OpenAI chat/completions/embeddings object: a whole reply, a finish chunk or a usage chunk."""
-    obs.model = _str(obj.get("model")) or obs.model
+    obs.model = text(obj.get("model")) or obs.model
     for choice in obj.get("choices") or ():
-        reason = _str(_dict(choice).get("finish_reason"))
+        reason = text(_dict(choice).get("finish_reason"))
         if reason:
             obs.finish_reason = reason
     usage = _dict(obj.get("usage"))
@@ -128,7 +140,7 @@ def apply_openai(obs: Observation, obj: dict[str, Any]) -> None:
 
 def apply_openai_response(obs: Observation, response: dict[str, Any]) -> None:
     """An OpenAI Responses API ``response`` object (the whole reply, or the one in response.completed)."""
-    obs.model = _str(response.get("model")) or obs.model
+    obs.model = text(response.get("model")) or obs.model
     usage = _dict(response.get("usage"))
     if usage:
         obs.prompt_tokens = _int(usage.get("input_tokens"))
@@ -138,19 +150,24 @@ def apply_openai_response(obs: Observation, response: dict[str, Any]) -> None:
     if status == "completed":
         obs.finish_reason = "stop"
     elif status == "incomplete":
-        obs.finish_reason = _str(_dict(response.get("incomplete_details")).get("reason")) or "incomplete"
+        obs.finish_reason = text(_dict(response.get("incomplete_details")).get("reason")) or "incomplete"
 
 
-def apply_anthropic(obs: Observation, obj: dict[str, Any]) -> None:
-    """An Anthropic message (whole reply or message_start's ``message``) or a message_delta event."""
-    obs.model = _str(obj.get("model")) or obs.model
+def apply_anthropic(obs: Observation, obj: dict[str, Any], *, provisional: bool = False) -> None:
+    """An Anthropic message (the whole reply, or message_start's ``message``) or a message_delta event.
+
+    message_start's usage is ``provisional``: Ollama sends ``output_tokens`` 0 there and fills
+    ``input_tokens`` properly only in message_delta, so message_start gives the prompt figure only until a
+    later event reports one, and never a generated count (a stream cut short falls back to its content chunks).
+    """
+    obs.model = text(obj.get("model")) or obs.model
     usage = _dict(obj.get("usage"))
-    if "input_tokens" in usage:
+    if "input_tokens" in usage and (not provisional or obs.prompt_tokens is None):
         obs.prompt_tokens = _int(usage.get("input_tokens"))
-    if "output_tokens" in usage:
+    if "output_tokens" in usage and not provisional:
         obs.generation_tokens = _int(usage.get("output_tokens"))
     if "cache_read_input_tokens" in usage:
         obs.cached_tokens = _int(usage.get("cache_read_input_tokens"))
-    reason = _str(obj.get("stop_reason")) or _str(_dict(obj.get("delta")).get("stop_reason"))
+    reason = text(obj.get("stop_reason")) or text(_dict(obj.get("delta")).get("stop_reason"))
     if reason:
         obs.finish_reason = reason

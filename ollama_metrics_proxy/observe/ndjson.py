@@ -1,88 +1,82 @@
 """Ollama's native NDJSON streams: /api/generate, /api/chat, and pull/push/create progress.
 
-Blocks of plain token lines are only counted; JSON is parsed once for the final ``done: true`` line and for
-error lines. A raw ``"done":true`` or ``"error"`` can also appear nested (inside tool-call arguments), so the
-parse confirms that the key is top-level before acting on it.
+Blocks of plain token lines in Ollama's own compact shape are only counted; every other line (the first, the
+final ``done`` object, errors, empty pieces, anything spaced or unusual) is parsed as JSON, so the figures never
+depend on how the upstream spaces its JSON. A line that is not a JSON object is a parse error, never a token.
 """
 
 from __future__ import annotations
 
-from ollama_metrics_proxy.observe.base import LineObserver
+from ollama_metrics_proxy.observe.base import LineObserver, is_compact
 from ollama_metrics_proxy.observe.extract import (
     apply_native,
     error_message,
-    find_model,
     load_object,
     native_has_content,
+    text,
 )
 
-_EMPTY_MARKERS = (b'"response":""', b'"content":""')
-_RICH_MARKERS = (b'"thinking":"', b'"tool_calls"')
-
-
-def _native_line_has_content(line: bytes) -> bool:
-    """Cheap test for an intermediate line carrying text, thinking or a tool call.
-
-    Go writes fields in struct order and compact, so an empty piece is exactly ``"response":""`` (generate)
-    or ``"content":""`` (chat).
-    """
-    if _EMPTY_MARKERS[0] in line or _EMPTY_MARKERS[1] in line:
-        return _RICH_MARKERS[0] in line or _RICH_MARKERS[1] in line
-    return True
+# Go writes fields in struct order and compact: an empty piece is exactly `"response":""` (generate) or
+# `"content":""` (chat); the final object has `"done":true`.
+_CONTENT_MARKERS = (b'"response":"', b'"content":"')
 
 
 class NdjsonObserver(LineObserver):
     # Anything but ordinary token lines: errors, the final object, empty pieces, blank lines.
-    special: tuple[bytes, ...] = (b'"error"', b'"done":true', *_EMPTY_MARKERS, b"\n\n")
+    special: tuple[bytes, ...] = (b'"error"', b'"done":true', b'"response":""', b'"content":""', b"\n\n")
 
-    def count_content(self, block: bytes) -> int:
-        return block.count(b"\n")
+    def counts_exactly(self, part: bytes) -> int | None:
+        """Every line a compact JSON object carrying one text piece: `{…"response":"x"…}` or `{…"content":"x"…}`."""
+        lines = part.count(b"\n")
+        if (
+            part[:1] != b"{"
+            or part.count(b"}\n") != lines
+            or part.count(b"\n{") != lines - 1
+            or part.count(_CONTENT_MARKERS[0]) + part.count(_CONTENT_MARKERS[1]) != lines
+            or not is_compact(part)
+        ):
+            return None
+        return lines
 
     def line(self, line: bytes, now: float) -> None:
+        if not line.strip():
+            return
+        obj = load_object(line)
         obs = self.observation
-        if not line or line.isspace():
+        if obj is None:
+            obs.parse_errors += 1
             return
         if obs.model is None:
-            obs.model = find_model(line)
-        if b'"error"' in line and self._error_line(line):
+            obs.model = text(obj.get("model"))
+        message = error_message(obj)
+        if message is not None:
+            obs.error = message
             return
-        if b'"done":true' in line and self._final_line(line, now):
-            return
-        if _native_line_has_content(line):
+        if obj.get("done") is True:
+            apply_native(obs, obj)
+            obs.complete = True
+        if native_has_content(obj):
             obs.note_content(now)
 
-    def _error_line(self, line: bytes) -> bool:
-        obj = load_object(line)
-        message = None if obj is None else error_message(obj)
-        if message is None:
-            return False
-        self.observation.error = message
-        return True
 
-    def _final_line(self, line: bytes, now: float) -> bool:
-        obj = load_object(line)
-        if obj is None:
-            self.observation.parse_errors += 1
-            return True
-        if obj.get("done") is not True:
-            return False
-        apply_native(self.observation, obj)
-        self.observation.complete = True
-        if native_has_content(obj):
-            self.observation.note_content(now)
-        return True
+class ProgressObserver(LineObserver):
+    """/api/pull, /api/push, /api/create: no generated content; done at ``{"status":"success"}``.
 
+    Progress lines come a few per second, so each is parsed; no fast path is needed.
+    """
 
-class ProgressObserver(NdjsonObserver):
-    """/api/pull, /api/push, /api/create: no generated content; done at ``{"status":"success"}``."""
-
-    special = (b'"error"', b'"status":"success"')
-
-    def count_content(self, block: bytes) -> int:
+    def boundary(self, block: bytes, limit: int) -> int:
         return 0
 
     def line(self, line: bytes, now: float) -> None:
-        if b'"error"' in line and self._error_line(line):
+        if not line.strip():
             return
-        if b'"status":"success"' in line:
+        obj = load_object(line)
+        if obj is None:
+            self.observation.parse_errors += 1
+            return
+        message = error_message(obj)
+        if message is not None:
+            self.observation.error = message
+        elif obj.get("status") == "success":
             self.observation.complete = True

@@ -13,6 +13,10 @@ INTER_TOKEN_BUCKETS: tuple[float, ...] = (
 )
 
 
+# done_reason of a request that only loaded a model (empty prompt) or unloaded it (keep_alive 0).
+LIFECYCLE_REASONS = frozenset({"load", "unload"})
+
+
 @dataclass
 class GapCounts:
     """A per-request histogram of inter-token gaps, merged into the shared metric once at the end.
@@ -66,6 +70,24 @@ class Observation:
             self.gaps.add_zeros(count - 1)
         self.last_content_at = now
         self.content_chunks += count
+
+    def generated(self) -> tuple[int | None, bool]:
+        """Generated tokens and whether the figure is an estimate.
+
+        The figure the reply reported wins. Without one (an OpenAI stream that did not ask for usage, a stream
+        cut short before its final object), each relayed content chunk counts as one token: Ollama sends one
+        chunk per generated token, holding pieces back only around incomplete UTF-8 and stop sequences.
+        """
+        if self.generation_tokens is not None:
+            return self.generation_tokens, False
+        if self.content_chunks:
+            return self.content_chunks, True
+        return None, False
+
+    @property
+    def lifecycle(self) -> bool:
+        """A request that only loaded or unloaded a model (``done_reason`` load or unload), not a generation."""
+        return self.finish_reason in LIFECYCLE_REASONS
 
     def comparable(self) -> dict[str, object]:
         """Everything but timing, for tests that compare results across chunk splits."""

@@ -1,47 +1,90 @@
 """Server-sent event streams: OpenAI chat/completions, the OpenAI Responses API, and Anthropic Messages.
 
-Lines are reassembled across chunks; ``event:`` names are tracked and each ``data:`` payload is handed to the
-dialect. Blocks of whole content events take the counting fast path; only a handful of events per stream are
-JSON-parsed (the first, the finish and usage events).
+Lines are reassembled across chunks and events assembled as the SSE specification says: ``event:`` names the
+event, ``data:`` lines (several are joined with newlines) carry its payload, and a blank line dispatches it to
+the dialect. Blocks of whole content events in the exact shape Ollama writes take the counting fast path; every
+other event is parsed as JSON, so the figures hold for spaced JSON, CRLF line ends and multi-line data too.
 """
 
 from __future__ import annotations
 
 import time
 
-from ollama_metrics_proxy.observe.base import Clock, LineObserver
+from ollama_metrics_proxy.observe.base import Clock, LineObserver, is_compact
 from ollama_metrics_proxy.observe.extract import (
     apply_anthropic,
     apply_openai,
     apply_openai_response,
     error_message,
-    find_model,
     load_object,
+    openai_has_content,
+    text,
 )
 
 
+def _field_value(line: bytes, name_length: int) -> bytes:
+    value = line[name_length:]
+    return value[1:] if value[:1] == b" " else value  # one leading space is part of the syntax, not the value
+
+
 class SseObserver(LineObserver):
+    # Lines per event in the shape Ollama writes: `data: {…}` (OpenAI) or `event: name` + `data: {…}` (typed).
+    lines_per_event = 2
+
     def __init__(self, clock: Clock = time.perf_counter) -> None:
         super().__init__(clock)
         self._event = b""
+        self._data: bytes | None = None
 
     def boundary(self, block: bytes, limit: int) -> int:
         # Only whole events may be counted: the counted part must start and end at event boundaries, so that
-        # no event name carries over from or into a part read line by line.
-        if self._event:
+        # no event carries over from or into a part read line by line.
+        if self._event or self._data is not None:
             return 0
         end = block.rfind(b"\n\n", 0, limit)
         return end + 2 if end >= 0 else 0
+
+    def counts_exactly(self, part: bytes) -> int | None:
+        """Every event exactly `[event: name\\n]data: {…}\\n\\n` in compact JSON."""
+        events = part.count(b"\n\n")
+        first = b"data: {" if self.lines_per_event == 1 else b"event: "
+        if (
+            part.count(b"\n") != (self.lines_per_event + 1) * events
+            or not part.startswith(first)
+            or part.count(b"\n\n" + first) != events - 1
+            or part.count(b"}\n\n") != events
+            or (self.lines_per_event == 2 and part.count(b"\ndata: {") != events)
+            or not is_compact(part)
+        ):
+            return None
+        return self.content_events(part, events)
+
+    def content_events(self, part: bytes, events: int) -> int | None:
+        raise NotImplementedError
 
     def line(self, line: bytes, now: float) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line:
-            self._event = b""  # a blank line ends the event
+            self._dispatch(now)
         elif line.startswith(b"data:"):
-            self.data(self._event, line[5:].lstrip(b" "), now)
+            value = _field_value(line, 5)
+            self._data = value if self._data is None else self._data + b"\n" + value
         elif line.startswith(b"event:"):
-            self._event = line[6:].strip()
+            self._event = _field_value(line, 6)
+        # Comments (`: keep-alive`), `id:` and `retry:` carry nothing to measure.
+
+    def pending(self) -> bool:
+        return self._data is not None
+
+    def end_of_stream(self, now: float) -> None:
+        self._dispatch(now)  # a last event without its blank line: read it all the same
+
+    def _dispatch(self, now: float) -> None:
+        event, data = self._event, self._data
+        self._event, self._data = b"", None
+        if data is not None:
+            self.data(event, data, now)
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
         raise NotImplementedError
@@ -53,12 +96,8 @@ class SseObserver(LineObserver):
         return obj
 
 
-def _openai_delta_has_content(data: bytes) -> bool:
-    for marker in (b'"content":"', b'"reasoning":"', b'"text":"'):
-        at = data.find(marker)
-        if at >= 0 and data[at + len(marker) : at + len(marker) + 1] != b'"':
-            return True
-    return b'"tool_calls"' in data
+# In a chunk free of the special markers below, each of these starts a non-empty piece of generated content.
+_OPENAI_CONTENT = (b'"content":"', b'"reasoning":"', b'"reasoning_content":"', b'"text":"', b'"tool_calls":[')
 
 
 class OpenAiSseObserver(SseObserver):
@@ -68,25 +107,26 @@ class OpenAiSseObserver(SseObserver):
     zero usage on every chunk and the real figures last, so the last usage seen wins.
     """
 
+    lines_per_event = 1
     special = (b"[DONE]", b'"finish_reason":"', b'"choices":[]', b'"error"', b'"content":""', b'"text":""',
-               b'"reasoning":""', b"event:")
+               b'"reasoning":""', b'"reasoning_content":""', b"event:")
 
-    def count_content(self, block: bytes) -> int:
-        return block.count(b"\ndata:") + block.startswith(b"data:")
+    def content_events(self, part: bytes, events: int) -> int | None:
+        # Exactly one content marker per event, or the part is parsed event by event.
+        return events if sum(part.count(marker) for marker in _OPENAI_CONTENT) == events else None
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
-        if data == b"[DONE]":
+        if data.strip() == b"[DONE]":
             obs.complete = True
             return
-        if obs.model is None:
-            obs.model = find_model(data)
-        if b'"choices":[]' in data or b'"finish_reason":"' in data or data.startswith(b'{"error"'):
-            obj = self._parse(data)
-            if obj is not None:
-                obs.error = error_message(obj) or obs.error
-                apply_openai(obs, obj)
-        if _openai_delta_has_content(data):
+        obj = self._parse(data)
+        if obj is None:
+            return
+        obs.model = obs.model or text(obj.get("model"))
+        obs.error = error_message(obj) or obs.error
+        apply_openai(obs, obj)
+        if openai_has_content(obj):
             obs.note_content(now)
 
 
@@ -96,8 +136,8 @@ class OpenAiResponsesSseObserver(SseObserver):
     special = (b"event: response.created", b"event: response.completed", b"event: response.incomplete",
                b"event: response.failed", b"event: error")
 
-    def count_content(self, block: bytes) -> int:
-        return block.count(b".delta\n")
+    def content_events(self, part: bytes, events: int) -> int:
+        return part.count(b".delta\n")
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
@@ -115,16 +155,19 @@ class OpenAiResponsesSseObserver(SseObserver):
             nested = error_message(response) if isinstance(response, dict) else None
             obs.error = nested or error_message(obj) or str(obj.get("message") or "response failed")
         elif obs.model is None and event == b"response.created":
-            obs.model = find_model(data)
+            obj = self._parse(data)
+            response = obj.get("response") if obj else None
+            if isinstance(response, dict):
+                obs.model = text(response.get("model"))
 
 
 class AnthropicSseObserver(SseObserver):
-    """message_start (model, input tokens) … content_block_delta … message_delta (output tokens) … message_stop."""
+    """message_start (model, provisional usage) … content_block_delta … message_delta (usage) … message_stop."""
 
     special = (b"event: message_start", b"event: message_delta", b"event: message_stop", b"event: error")
 
-    def count_content(self, block: bytes) -> int:
-        return block.count(b"event: content_block_delta")
+    def content_events(self, part: bytes, events: int) -> int:
+        return part.count(b"event: content_block_delta\n")
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
@@ -134,7 +177,7 @@ class AnthropicSseObserver(SseObserver):
             obj = self._parse(data)
             message = obj.get("message") if obj else None
             if isinstance(message, dict):
-                apply_anthropic(obs, message)
+                apply_anthropic(obs, message, provisional=True)
         elif event == b"message_delta":
             obj = self._parse(data)
             if obj is not None:

@@ -91,6 +91,7 @@ async function refreshStats() {
   $("t-inflight").textContent = fmt.int(s.in_flight);
   $("t-tokens").textContent = `${fmt.int(s.prompt_tokens)} / ${fmt.int(s.generation_tokens)}`;
   $("t-errors").textContent = fmt.pct(s.error_ratio);
+  $("t-client-errors").textContent = fmt.int(s.client_errors);
   $("t-latency").textContent = `${fmt.secs(s.p50_duration_seconds)} / ${fmt.secs(s.p95_duration_seconds)}`;
   $("t-ttft").textContent = fmt.secs(s.average_ttft_seconds);
   $("t-uptime").textContent = fmt.duration(s.uptime_seconds);
@@ -119,7 +120,8 @@ async function refreshModels() {
     (m) => m.name, (m) => fmt.int(m.requests), (m) => fmt.int(m.prompt_tokens), (m) => fmt.int(m.generation_tokens),
     (m) => fmt.secs(m.average_duration_seconds),
     (m) => (m.decode_tokens_per_second == null ? "–" : m.decode_tokens_per_second.toFixed(1)),
-    (m) => [fmt.pct(m.error_ratio), m.error_ratio > 0 ? "bad" : ""], (m) => fmt.ago(m.last_used_ms),
+    (m) => [fmt.pct(m.error_ratio), m.error_ratio > 0 ? "bad" : ""], (m) => fmt.int(m.client_errors),
+    (m) => fmt.ago(m.last_used_ms),
   ]);
   const select = $("f-model");
   const known = new Set([...select.options].map((o) => o.value));
@@ -158,7 +160,7 @@ async function refreshLogs() {
   fillTable("logs", body.records, [
     (r) => new Date(r.started_ms).toLocaleTimeString(), (r) => r.endpoint, (r) => r.model || "–",
     (r) => [r.outcome, r.outcome === "success" ? "" : "bad"],
-    (r) => `${fmt.int(r.prompt_tokens)} / ${fmt.int(r.generation_tokens)}`,
+    (r) => `${fmt.int(r.prompt_tokens)} / ${fmt.int(r.generation_tokens)}${r.generation_tokens_estimated ? " (est.)" : ""}`,
     (r) => fmt.secs(r.duration_seconds), (r) => fmt.secs(r.ttft_seconds), (r) => r.client_identity || r.client_address || "–",
   ]);
 }
