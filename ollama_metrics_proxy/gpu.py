@@ -23,6 +23,7 @@ NOT_SUPPORTED = 3
 NO_PERMISSION = 4
 DRIVER_NOT_LOADED = 9
 LIBRARY_NOT_FOUND = 12
+FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
 INIT_FAILURES = {
     LIBRARY_NOT_FOUND: ("library_not_found", "the NVML library (libnvidia-ml.so) was not found: no NVIDIA driver"),
@@ -51,6 +52,7 @@ class GpuReading:
     memory_used_bytes: int | None = None
     memory_free_bytes: int | None = None
     memory_total_bytes: int | None = None
+    memory_reserved_bytes: int | None = None
     temperature_celsius: float | None = None
     power_watts: float | None = None
     power_limit_watts: float | None = None
@@ -86,6 +88,7 @@ class GpuSampler(ThreadedSampler[list[GpuReading]]):
         self._nvml: ModuleType | None = None
         self._process_name = process_name
         self._unsupported: set[tuple[str, str]] = set()
+        self._memory_v1_only = False
 
     def initialize(self) -> ModuleType:
         """Load and initialise NVML once; raises SourceUnavailable with the reason when it cannot."""
@@ -135,10 +138,7 @@ class GpuSampler(ThreadedSampler[list[GpuReading]]):
         if rates is not None:
             reading.utilization_ratio = rates.gpu / 100
             reading.memory_utilization_ratio = rates.memory / 100
-        memory = self._read(nvml, gpu, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
-        if memory is not None:
-            reading.memory_used_bytes, reading.memory_free_bytes = memory.used, memory.free
-            reading.memory_total_bytes = memory.total
+        self._read_memory(nvml, gpu, handle, reading)
         reading.temperature_celsius = self._scaled(
             nvml, gpu, "temperature", 1, nvml.nvmlDeviceGetTemperature, handle, NVML_TEMPERATURE_GPU)
         reading.power_watts = self._scaled(nvml, gpu, "power", 1e-3, nvml.nvmlDeviceGetPowerUsage, handle)
@@ -156,6 +156,30 @@ class GpuSampler(ThreadedSampler[list[GpuReading]]):
         ]
         return reading
 
+    def _read_memory(self, nvml: ModuleType, gpu: str, handle: Any, reading: GpuReading) -> None:
+        """Memory as nvidia-smi and dcgm-exporter show it: NVML's v2 call, whose ``used`` leaves out the memory
+        the driver reserves (the v1 call counts it as used: about 600 MiB on an idle H200). Drivers or
+        nvidia-ml-py releases without the v2 call get v1, and no reserved figure."""
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if version is not None and not self._memory_v1_only:
+            try:
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except TypeError:  # an nvidia-ml-py that predates the version parameter
+                self._memory_v1_only = True
+            except nvml.NVMLError as exc:
+                if exc.value not in (FUNCTION_NOT_FOUND, NOT_SUPPORTED):
+                    self._unreadable(gpu, "memory", exc)
+                    return
+                self._memory_v1_only = True
+            else:
+                reading.memory_used_bytes, reading.memory_free_bytes = memory.used, memory.free
+                reading.memory_total_bytes, reading.memory_reserved_bytes = memory.total, memory.reserved
+                return
+        memory = self._read(nvml, gpu, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        if memory is not None:
+            reading.memory_used_bytes, reading.memory_free_bytes = memory.used, memory.free
+            reading.memory_total_bytes = memory.total
+
     def _scaled(self, nvml: ModuleType, gpu: str, what: str, factor: float,
                 read: Callable[..., Any], *args: Any) -> float | None:
         value = self._read(nvml, gpu, what, read, *args)
@@ -166,13 +190,17 @@ class GpuSampler(ThreadedSampler[list[GpuReading]]):
         try:
             return read(*args)
         except nvml.NVMLError as exc:
-            if exc.value == GPU_IS_LOST:
-                if (gpu, "lost") not in self._unsupported:
-                    self._unsupported.add((gpu, "lost"))
-                    log.warning("GPU %s is lost (fell off the bus or was reset); its series are dropped", gpu)
-                raise GpuLost from exc
-            if (gpu, what) not in self._unsupported:
-                self._unsupported.add((gpu, what))
-                level = logging.INFO if exc.value == NOT_SUPPORTED else logging.WARNING
-                log.log(level, "GPU %s: cannot read %s (%s); that series is left out", gpu, what, exc)
+            self._unreadable(gpu, what, exc)
             return None
+
+    def _unreadable(self, gpu: str, what: str, exc: Any) -> None:
+        """A failed NVML call: raises GpuLost for a vanished GPU, else logs once per GPU and field."""
+        if exc.value == GPU_IS_LOST:
+            if (gpu, "lost") not in self._unsupported:
+                self._unsupported.add((gpu, "lost"))
+                log.warning("GPU %s is lost (fell off the bus or was reset); its series are dropped", gpu)
+            raise GpuLost from exc
+        if (gpu, what) not in self._unsupported:
+            self._unsupported.add((gpu, what))
+            level = logging.INFO if exc.value == NOT_SUPPORTED else logging.WARNING
+            log.log(level, "GPU %s: cannot read %s (%s); that series is left out", gpu, what, exc)

@@ -100,7 +100,10 @@ GPU_FIELDS: tuple[tuple[str, str, Callable[[GpuReading], float | None]], ...] = 
      lambda g: g.utilization_ratio),
     ("ollama_gpu_memory_utilization_ratio", "Share of time GPU memory was being read or written.",
      lambda g: g.memory_utilization_ratio),
-    ("ollama_gpu_memory_used_bytes", "GPU memory in use.", lambda g: g.memory_used_bytes),
+    ("ollama_gpu_memory_used_bytes", "GPU memory in use, as nvidia-smi reports it (without the memory the driver "
+     "reserves, where NVML's v2 memory call is available).", lambda g: g.memory_used_bytes),
+    ("ollama_gpu_memory_reserved_bytes", "GPU memory the driver reserves for itself (NVML v2; absent where the "
+     "driver only has the v1 call, whose used figure includes it).", lambda g: g.memory_reserved_bytes),
     ("ollama_gpu_memory_free_bytes", "GPU memory free.", lambda g: g.memory_free_bytes),
     ("ollama_gpu_memory_total_bytes", "GPU memory installed.", lambda g: g.memory_total_bytes),
     ("ollama_gpu_temperature_celsius", "GPU core temperature.", lambda g: g.temperature_celsius),

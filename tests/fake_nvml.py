@@ -12,6 +12,7 @@ from typing import Any
 
 NOT_SUPPORTED = 3
 LIBRARY_NOT_FOUND = 12
+FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
 
 
@@ -27,8 +28,10 @@ class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     utilization: int = 87  # percent
     memory_utilization: int = 41
-    memory_used: int = 30 * 1024**3
+    memory_used: int = 30 * 1024**3  # as NVML's v2 call reports it: without the driver's reserve
     memory_total: int = 80 * 1024**3
+    memory_reserved: int = 615 * 1024**2
+    memory_v2: bool = True  # the driver has nvmlDeviceGetMemoryInfo_v2
     temperature: int = 64  # celsius
     power_mw: int = 350_250
     power_limit_mw: int = 700_000
@@ -54,6 +57,15 @@ class _Memory:
 
 
 @dataclass
+class _MemoryV2:
+    version: int
+    total: int
+    reserved: int
+    free: int
+    used: int
+
+
+@dataclass
 class _Process:
     pid: int
     usedGpuMemory: int
@@ -63,6 +75,7 @@ class FakeNvml(types.ModuleType):
     def __init__(self, gpus: list[FakeGpu], init_error: int | None = None) -> None:
         super().__init__("pynvml")
         self.NVMLError = NVMLError
+        self.nvmlMemory_v2 = 0x02000028
         self.gpus = gpus
         self.init_error = init_error
         self.initialized = False
@@ -104,9 +117,17 @@ class FakeNvml(types.ModuleType):
         gpu = self._gpu(gpu, "utilization")
         return _Rates(gpu.utilization, gpu.memory_utilization)
 
-    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> _Memory:
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu, version: int | None = None) -> _Memory | _MemoryV2:
+        """As nvidia-ml-py: v1 without ``version`` (its used includes the driver's reserve), else the _v2 entry
+        point, which a driver may lack (FUNCTION_NOT_FOUND)."""
         gpu = self._gpu(gpu, "memory")
-        return _Memory(gpu.memory_used, gpu.memory_total - gpu.memory_used, gpu.memory_total)
+        free = gpu.memory_total - gpu.memory_used - gpu.memory_reserved
+        if not version:
+            return _Memory(gpu.memory_total - free, free, gpu.memory_total)
+        if not gpu.memory_v2:
+            raise NVMLError(FUNCTION_NOT_FOUND)
+        assert version == self.nvmlMemory_v2
+        return _MemoryV2(version, gpu.memory_total, gpu.memory_reserved, free, gpu.memory_used)
 
     def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
         assert sensor == 0

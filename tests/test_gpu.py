@@ -44,8 +44,10 @@ def test_one_gpu_every_field_converted_to_base_units() -> None:
     assert value(registry, "ollama_gpu_info", **gpu, name="NVIDIA H100 80GB HBM3", driver_version="570.86.15") == 1
     assert value(registry, "ollama_gpu_utilization_ratio", **gpu) == 0.87
     assert value(registry, "ollama_gpu_memory_utilization_ratio", **gpu) == 0.41
+    # NVML v2, as nvidia-smi shows it: used leaves out the driver's reserve, which has its own gauge.
     assert value(registry, "ollama_gpu_memory_used_bytes", **gpu) == 30 * 1024**3
-    assert value(registry, "ollama_gpu_memory_free_bytes", **gpu) == 50 * 1024**3
+    assert value(registry, "ollama_gpu_memory_reserved_bytes", **gpu) == 615 * 1024**2
+    assert value(registry, "ollama_gpu_memory_free_bytes", **gpu) == 80 * 1024**3 - 30 * 1024**3 - 615 * 1024**2
     assert value(registry, "ollama_gpu_memory_total_bytes", **gpu) == 80 * 1024**3
     assert value(registry, "ollama_gpu_temperature_celsius", **gpu) == 64
     assert value(registry, "ollama_gpu_power_watts", **gpu) == pytest.approx(350.25)
@@ -160,3 +162,29 @@ async def test_gpu_series_in_the_proxy_scrape(fake: FakeOllama, http: aiohttp.Cl
         assert report["gpus"]["devices"][0]["uuid"] == H100
     finally:
         await running.stop()
+
+
+@pytest.mark.parametrize("old", ["driver_without_v2", "nvidia_ml_py_without_v2", "nvidia_ml_py_without_version"])
+def test_memory_falls_back_to_nvml_v1_whose_used_includes_the_reserve(old: str) -> None:
+    gpu = FakeGpu(H100, memory_used=0, memory_reserved=615 * 1024**2, memory_v2=old != "driver_without_v2")
+    nvml = FakeNvml([gpu])
+    if old == "nvidia_ml_py_without_v2":
+        del nvml.nvmlMemory_v2
+    elif old == "nvidia_ml_py_without_version":
+        v1 = nvml.nvmlDeviceGetMemoryInfo
+        nvml.nvmlDeviceGetMemoryInfo = lambda handle: v1(handle)  # type: ignore[method-assign]
+    sampler, registry = sampler_for(nvml)
+    for _ in range(2):  # the fallback is remembered, and keeps working
+        sampler.sample_once()
+        labels = {"gpu": "0", "uuid": H100}
+        assert value(registry, "ollama_gpu_memory_used_bytes", **labels) == 615 * 1024**2
+        assert value(registry, "ollama_gpu_memory_reserved_bytes", **labels) is None
+        assert value(registry, "ollama_gpu_memory_total_bytes", **labels) == 80 * 1024**3
+
+
+def test_idle_gpu_reads_zero_used_like_nvidia_smi() -> None:
+    """The H200 finding: v1 said 615 MiB used on an idle GPU where nvidia-smi and dcgm-exporter say 0."""
+    nvml = FakeNvml([FakeGpu(H100, memory_used=0, memory_reserved=615 * 1024**2)])
+    sampler, registry = sampler_for(nvml)
+    sampler.sample_once()
+    assert value(registry, "ollama_gpu_memory_used_bytes", gpu="0", uuid=H100) == 0

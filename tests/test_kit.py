@@ -169,7 +169,8 @@ def test_dashboard_conventions(path: Path) -> None:
 def test_overview_dashboard_has_every_requested_panel() -> None:
     titles = {panel["title"] for panel in load_dashboard(DASHBOARDS[0])["panels"]}
     for wanted in ("Request rate", "Request duration", "Time to first token", "Inter-token latency",
-                   "tokens per second", "Decode speed", "Errors, client errors and aborted", "In-flight", "Finish reasons",
+                   "tokens per second", "Decode speed", "Errors, client errors and aborted", "In-flight",
+                   "Finish reasons",
                    "Loaded models", "GPU offload", "Model loads and unloads"):
         assert any(wanted in title for title in titles), wanted
     gpu_titles = {panel["title"] for panel in load_dashboard(DASHBOARDS[1])["panels"]}
