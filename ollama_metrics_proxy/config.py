@@ -27,6 +27,7 @@ OLLAMA_DEFAULT_PORT = 11434
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 GPU_MODES = ("off", "auto", "on")
+OPENAI_USAGE_MODES = ("off", "inject")
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,7 @@ class Config:
     log_content_max_bytes: int = 4096
     client_header: str | None = None
     admin_token: str | None = None
+    openai_usage: str = "off"
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -91,6 +93,7 @@ class Config:
             "log_content": self.log_content,
             "client_header": self.client_header,
             "admin_token": "set" if self.admin_token else "not set (mutating endpoints disabled)",
+            "openai_usage": self.openai_usage,
         }
 
 
@@ -321,6 +324,9 @@ OPTIONS: tuple[Option, ...] = (
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
     Option("admin_token", "--admin-token", parse_secret, "",
            "bearer token for mutating endpoints (DELETE /-/logs); unset: they are disabled. Prefer the variable"),
+    Option("openai_usage", "--openai-usage", choice(OPENAI_USAGE_MODES), "off",
+           "inject: ask streamed /v1/chat/completions and /v1/completions requests for usage (include_usage) "
+           "and remove what that adds to the reply, for exact token counts; off: count content chunks"),
 )
 
 

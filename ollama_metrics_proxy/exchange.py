@@ -41,6 +41,7 @@ class Exchange:
     client: str = ""
     client_identity: str | None = None
     wall_started: float = 0.0  # unix time, for the request log
+    usage_injected: bool = False  # --openai-usage inject added include_usage to this request
     # Bounded copies of the bodies, kept only with --log-content.
     captured_request: bytearray | None = None
     captured_response: bytearray | None = None

@@ -24,6 +24,7 @@ from ollama_metrics_proxy.exchange import Exchange, Outcome, client_left, outcom
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
+from ollama_metrics_proxy.openai_usage import INJECT_ENDPOINTS, MAX_REWRITTEN_BODY, UsageStripper, with_include_usage
 from ollama_metrics_proxy.recorder import Recorder
 from ollama_metrics_proxy.request_log import client_identity
 from ollama_metrics_proxy.upstream import (
@@ -70,12 +71,13 @@ def json_error(status: int, message: str) -> web.Response:
 class Proxy:
     def __init__(self, upstream: UpstreamClient, recorder: Recorder,
                  clock: Clock = time.perf_counter, *, client_header: str | None = None,
-                 capture_content: bool = False) -> None:
+                 capture_content: bool = False, inject_openai_usage: bool = False) -> None:
         self._upstream = upstream
         self._recorder = recorder
         self._clock = clock
         self._client_header = client_header
         self._capture_content = capture_content
+        self._inject_openai_usage = inject_openai_usage
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if not request.raw_path.startswith("/"):
@@ -95,6 +97,8 @@ class Proxy:
             if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
                 await _continue(request)
             await body.prime()
+            if self._inject_openai_usage and exchange.endpoint in INJECT_ENDPOINTS:
+                exchange.usage_injected = await body.add_include_usage()
             in_flight = self._recorder.start(exchange)
             return await self._relay(request, exchange, body)
         except asyncio.CancelledError:
@@ -111,10 +115,12 @@ class Proxy:
 
     async def _relay(self, request: web.BaseRequest, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
         upstream_url = self._upstream.base_url
+        # A rewritten body gets its own Content-Length from the upstream client.
+        dropped = REQUEST_ONLY_DROPPED | {"content-length"} if exchange.usage_injected else REQUEST_ONLY_DROPPED
         try:
             upstream = await self._upstream.request(
                 request.method, request.raw_path,
-                forwardable(request.headers.items(), request.headers.get(hdrs.CONNECTION), REQUEST_ONLY_DROPPED),
+                forwardable(request.headers.items(), request.headers.get(hdrs.CONNECTION), dropped),
                 body.payload() if request.body_exists else None,
             )
         except ConnectTimeout as exc:
@@ -148,20 +154,26 @@ class Proxy:
         observer = self._observer(exchange)
         captured = exchange.captured_response
         read = upstream.read
+        stripper = UsageStripper() if exchange.usage_injected and exchange.streaming else None
         try:
             while chunk := await read():
+                relayed = chunk if stripper is None else stripper.feed(chunk)
                 try:
-                    await response.write(chunk)
+                    if relayed:
+                        await response.write(relayed)
                 except ConnectionResetError:
                     exchange.finish(client_left(exchange, observer.observation), self._clock())
                     return response  # aiohttp notices the closed transport itself
-                exchange.bytes_out += len(chunk)
+                exchange.bytes_out += len(relayed)
                 if captured is not None and len(captured) < CAPTURE_BYTES:
-                    captured += chunk[: CAPTURE_BYTES - len(captured)]
+                    captured += relayed[: CAPTURE_BYTES - len(captured)]
                 try:
-                    observer.feed(chunk)
+                    observer.feed(chunk)  # the upstream's bytes: with injected usage, the figures are in them
                 except Exception:
                     observer = self._observer_failed(observer)
+            if stripper is not None and (rest := stripper.close()):
+                await response.write(rest)
+                exchange.bytes_out += len(rest)
         except BodyFailed as exc:
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
             log.warning("upstream broke off %s %s mid-response: it %s", request.method, request.path, exc)
@@ -220,6 +232,7 @@ class RequestBody:
         self._request = request
         self._exchange = exchange
         self._first = b""
+        self._rewritten: bytes | None = None
 
     async def prime(self) -> None:
         if not self._request.body_exists:
@@ -230,10 +243,30 @@ class RequestBody:
         if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
             self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])
 
+    async def add_include_usage(self) -> bool:
+        """``--openai-usage inject``: ask a streamed OpenAI request for usage; True when the body was rewritten.
+
+        Needs the whole body, so only one of known, bounded length is considered."""
+        length = self._request.content_length
+        if not self._request.body_exists or length is None or length > MAX_REWRITTEN_BODY:
+            return False
+        while len(self._first) < length and not self._request.content.at_eof():
+            chunk = await self._request.content.readany()
+            if not chunk:
+                break
+            self._note(chunk)
+            self._first += chunk
+        rewritten = with_include_usage(self._first) if len(self._first) == length else None
+        if rewritten is None:
+            return False
+        self._first = self._rewritten = rewritten
+        return True
+
     def payload(self) -> bytes | AsyncIterator[bytes]:
         """The whole body when its first read already held all of it (the usual small JSON request): sent in
         one write with the headers. Otherwise a stream, so uploads of any size pass with flat memory."""
-        if self._request.content_length == len(self._first) and self._request.content.at_eof():
+        if self._rewritten is not None or (
+                self._request.content_length == len(self._first) and self._request.content.at_eof()):
             return self._first
         return self.stream()
 

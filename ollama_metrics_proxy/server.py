@@ -111,7 +111,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
         proxy = Proxy(upstream, recorder, client_header=config.client_header,
-                      capture_content=config.log_content and request_log is not None)
+                      capture_content=config.log_content and request_log is not None,
+                      inject_openai_usage=config.openai_usage == "inject")
         # The API port has one handler for every path: aiohttp's low-level server, without the application's
         # router and middleware machinery, which would cost every request and add nothing here.
         api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)

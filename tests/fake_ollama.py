@@ -71,6 +71,11 @@ ROUTES: dict[tuple[str, bool], Recording] = {
     ("/v1/messages", True): rec("anthropic_stream.sse"),
     ("/v1/messages", False): rec("anthropic.json"),
 }
+# OpenAI-compatible streams as Ollama sends them when the client did not ask for usage (ROUTES has them with it).
+WITHOUT_USAGE: dict[str, Recording] = {
+    "/v1/chat/completions": rec("openai_chat_stream_no_usage.sse"),
+    "/v1/completions": rec("openai_completions_stream_no_usage.sse"),
+}
 STREAM_BY_DEFAULT = frozenset({"/api/generate", "/api/chat", "/api/pull", "/api/push", "/api/create"})
 NOT_FOUND = rec("not_found.json", 404)
 
@@ -89,6 +94,7 @@ class FakeOllama:
     die_after: int | None = None  # cut the connection after this many chunks
     gate: asyncio.Event | None = None  # when set up, the stream pauses after its first chunk until opened
     headers_gate: asyncio.Event | None = None  # when set up, nothing is sent until opened (a queued request)
+    eof_delay: float = 0.0  # seconds between the last chunk and the end of the body (the chunked terminator)
     override: dict[str, Recording] = field(default_factory=dict)  # path -> recording, whatever the request
     seen: list[SeenRequest] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)  # perf_counter times a client went away mid-reply
@@ -127,6 +133,8 @@ class FakeOllama:
         if request.get("model") == UNKNOWN_MODEL:
             return NOT_FOUND
         streamed = request.get("stream", path in STREAM_BY_DEFAULT)
+        if streamed and path in WITHOUT_USAGE and not _asks_for_usage(request):
+            return WITHOUT_USAGE[path]  # as Ollama: no usage anywhere unless stream_options.include_usage
         return ROUTES.get((path, bool(streamed))) or ROUTES.get((path, False)) or ROUTES.get((path, True))
 
     async def _replay(self, request: web.Request) -> web.StreamResponse:
@@ -159,6 +167,8 @@ class FakeOllama:
             if index == 1 and self.gate is not None:
                 await self.gate.wait()
             await response.write(chunk)
+        if self.eof_delay:
+            await asyncio.sleep(self.eof_delay)
         await response.write_eof()
 
     async def _blob(self, request: web.Request) -> web.Response:
@@ -190,6 +200,11 @@ class FakeOllama:
 
     def _note(self, request: web.Request, body: bytes) -> None:
         self.seen.append(SeenRequest(request.method, request.raw_path, dict(request.headers), body))
+
+
+def _asks_for_usage(request: dict[str, object]) -> bool:
+    options = request.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _json_object(body: bytes) -> dict[str, object]:

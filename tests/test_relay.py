@@ -29,7 +29,10 @@ def request_for(path: str, streamed: bool) -> tuple[str, bytes | None]:
     if path in ("/api/tags", "/api/ps", "/api/version"):
         return "GET", None
     model = "all-minilm" if "embed" in path else "llama3.2"
-    return "POST", json.dumps({"model": model, "stream": streamed, "prompt": "Why is the sky blue?"}).encode()
+    request: dict[str, object] = {"model": model, "stream": streamed, "prompt": "Why is the sky blue?"}
+    if streamed and path.startswith("/v1/"):
+        request["stream_options"] = {"include_usage": True}  # the recordings in ROUTES carry usage
+    return "POST", json.dumps(request).encode()
 
 
 async def fetch(http: aiohttp.ClientSession, method: str, url: str, body: bytes | None = None,

@@ -1,0 +1,296 @@
+"""Ground truth: every recorded reply, through the real proxy, in every chunking, spacing and ending, exports
+exactly the figures ``tests/ground_truth.py`` reads from the same bytes with ``json`` alone.
+
+An upstream on a loopback port plays a script: the reply's bytes in the chosen pieces, then the chosen ending
+(end of body; holding the body open, so the client leaves first; or cutting the connection). A real HTTP client
+reads through the proxy and leaves when the ending says so. Nothing of the proxy's code computes an expectation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ollama_metrics_proxy.server import build_registry, start
+from tests.conftest import ProxyUnderTest, config_for
+from tests.fake_ollama import RECORDINGS
+from tests.ground_truth import JSON, NDJSON, SSE, Expected, expected_for, messages_of, respace
+
+STREAMS = {
+    "generate_stream.ndjson": "/api/generate",
+    "chat_stream.ndjson": "/api/chat",
+    "chat_tool_stream.ndjson": "/api/chat",
+    "generate_midstream_error.ndjson": "/api/generate",
+    "generate_stream_garbage_line.ndjson": "/api/generate",  # a line that is not JSON: a parse error, no token
+    "pull_progress.ndjson": "/api/pull",
+    "openai_chat_stream.sse": "/v1/chat/completions",
+    "openai_chat_stream_no_usage.sse": "/v1/chat/completions",
+    "openai_chat_tool_stream_no_usage.sse": "/v1/chat/completions",
+    "openai_completions_stream.sse": "/v1/completions",
+    "openai_completions_stream_no_usage.sse": "/v1/completions",
+    "openai_chat_midstream_error.sse": "/v1/chat/completions",
+    "anthropic_stream.sse": "/v1/messages",
+    "anthropic_stream_error.sse": "/v1/messages",
+    "responses_stream.sse": "/v1/responses",
+}
+BODIES = {
+    "generate.json": "/api/generate",
+    "generate_load.json": "/api/generate",
+    "generate_unload.json": "/api/generate",
+    "chat.json": "/api/chat",
+    "embed.json": "/api/embed",
+    "embeddings_legacy.json": "/api/embeddings",
+    "openai_chat.json": "/v1/chat/completions",
+    "openai_embeddings.json": "/v1/embeddings",
+    "anthropic.json": "/v1/messages",
+}
+CONTENT_TYPES = {NDJSON: "application/x-ndjson", SSE: "text/event-stream", JSON: "application/json; charset=utf-8"}
+CHUNKINGS = ("one_write", "per_message", "byte_by_byte", "random")
+STYLES = ("compact", "spaced", "pretty")
+
+
+def kind_of(name: str) -> str:
+    return {".ndjson": NDJSON, ".sse": SSE}.get(name[name.rfind("."):], JSON)
+
+
+@dataclass
+class Script:
+    content_type: str = "application/json"
+    pieces: list[bytes] = field(default_factory=list)
+    then: str = "eof"  # eof: end the body; hold: keep it open until the proxy hangs up; die: cut the connection
+    content_length: int | None = None
+
+
+class ScriptedUpstream:
+    def __init__(self) -> None:
+        self.script = Script()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> ScriptedUpstream:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._play)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _play(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        script = self.script
+        response = web.StreamResponse(headers={"Content-Type": script.content_type})
+        if script.content_length is not None:
+            response.content_length = script.content_length
+        await response.prepare(request)
+        for piece in script.pieces:
+            await response.write(piece)
+        if script.then == "hold":
+            await asyncio.Event().wait()  # until the proxy closes the connection (the handler is cancelled)
+        if script.then == "die":
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedUpstream, ProxyUnderTest]]:
+    upstream = await ScriptedUpstream().start()
+    running = await start(config_for(upstream.url), registry=build_registry())
+    try:
+        yield upstream, ProxyUnderTest(running)
+    finally:
+        await running.stop()
+        await upstream.stop()
+
+
+def pieces(data: bytes, messages: list[bytes], chunking: str, seed: int, largest: int = 48) -> list[bytes]:
+    if chunking == "one_write":
+        return [data]
+    if chunking == "per_message":
+        return messages
+    if chunking == "byte_by_byte":
+        return [data[i : i + 1] for i in range(len(data))]
+    rng = random.Random(seed)
+    cuts, at = [], 0
+    while at < len(data):
+        size = rng.randint(1, largest)
+        cuts.append(data[at : at + size])
+        at += size
+    return cuts
+
+
+def totals(registry: CollectorRegistry) -> dict[str, float]:
+    """Every sample summed over its labels; requests also per outcome."""
+    sums: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+            if sample.name == "ollama_requests_total":
+                key = f"outcome={sample.labels['outcome']}"
+                sums[key] = sums.get(key, 0.0) + sample.value
+            if sample.name == "ollama_finished_requests_total":
+                key = f"reason={sample.labels['reason']}"
+                sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def expected_deltas(expected: Expected, outcome: str, streaming: bool) -> dict[str, float]:
+    generated = None if expected.lifecycle else expected.generated
+    deltas = {
+        f"outcome={outcome}": 1,
+        "ollama_requests_total": 1,
+        "ollama_generation_tokens_total": generated or 0,
+        "ollama_generation_tokens_estimated_total": (generated or 0) if expected.estimated else 0,
+        "ollama_prompt_tokens_total": 0 if expected.lifecycle else expected.prompt_tokens or 0,
+        "ollama_eval_seconds_total": expected.eval_seconds or 0,
+        "ollama_eval_tokens_total": (expected.reported_generation or 0) if expected.eval_seconds is not None else 0,
+        "ollama_prompt_eval_tokens_total": (
+            (expected.prompt_tokens or 0) if expected.prompt_eval_seconds is not None else 0),
+        "ollama_finished_requests_total": 1 if expected.finish_reason and not expected.lifecycle else 0,
+        "ollama_load_requests_total": 1 if expected.lifecycle else 0,
+        "ollama_metrics_proxy_parse_errors_total": expected.parse_errors,
+        "ollama_time_to_first_token_seconds_count": 1 if streaming and expected.content_chunks else 0,
+        "ollama_inter_token_latency_seconds_count": max(expected.content_chunks - 1, 0),
+        "ollama_embedding_inputs_total": expected.embedding_inputs or 0,
+    }
+    if expected.finish_reason and not expected.lifecycle:
+        deltas[f"reason={expected.finish_reason}"] = 1
+    return deltas
+
+
+def outcome_of(expected: Expected, ending: str) -> str:
+    if ending == "leave_early":
+        return "aborted"
+    if ending == "die" or expected.error or not expected.complete:
+        return "upstream_error"
+    return "success"
+
+
+async def play(upstream: ScriptedUpstream, proxy: ProxyUnderTest, endpoint: str, kind: str,
+               relayed: list[bytes], chunking: str, ending: str, seed: int, largest: int = 48) -> dict[str, float]:
+    """One request through the proxy; returns how the exported figures moved."""
+    data = b"".join(relayed)
+    upstream.script = Script(
+        content_type=CONTENT_TYPES[kind], pieces=pieces(data, relayed, chunking, seed, largest),
+        then={"complete": "eof", "die": "die"}.get(ending, "hold"),
+        content_length=len(data) * 2 if kind == JSON and ending == "die" else None,
+    )
+    before = totals(proxy.registry)
+    async with aiohttp.ClientSession() as http, http.post(proxy.url + endpoint, data=b'{"model":"m"}') as response:
+        if ending == "complete":
+            assert await response.read() == data  # and the client got exactly what was sent
+        elif ending == "die":
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                await response.read()
+        else:  # the client reads what was relayed, then hangs up
+            assert await response.content.readexactly(len(data)) == data
+            response.close()
+    for _ in range(500):
+        after = totals(proxy.registry)
+        if after.get("ollama_requests_total", 0) > before.get("ollama_requests_total", 0):
+            break
+        await asyncio.sleep(0.01)
+    return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after.keys() | before.keys()}
+
+
+def endings(messages: list[bytes], endpoint: str, kind: str) -> list[tuple[str, int]]:
+    """(ending, messages relayed): complete; the client leaves halfway or right after the terminal message;
+    the upstream dies halfway."""
+    half = max(1, len(messages) // 2)
+    found = [("complete", len(messages)), ("die", half)]
+    if kind == JSON:
+        return found
+    terminal = next((index for index in range(1, len(messages) + 1)
+                     if expected_for(endpoint, b"".join(messages[:index]), kind).complete), None)
+    if terminal is not None and half < terminal:
+        found.append(("leave_early", half))
+    if terminal is not None:
+        found.append(("leave_after_terminal", terminal))
+    return found
+
+
+async def check_recording(upstream: ScriptedUpstream, proxy: ProxyUnderTest, name: str, endpoint: str,
+                          style: str) -> None:
+    kind = kind_of(name)
+    body = respace((RECORDINGS / name).read_bytes(), kind, style)
+    messages = messages_of(body, kind)
+    for seed, chunking in enumerate(CHUNKINGS):
+        for ending, count in endings(messages, endpoint, kind):
+            relayed = messages[:count] if kind != JSON or ending != "die" else [body[: len(body) // 2]]
+            expected = expected_for(endpoint, b"".join(relayed), kind)
+            moved = await play(upstream, proxy, endpoint, kind, relayed, chunking, ending, seed)
+            wanted = expected_deltas(expected, outcome_of(expected, ending), kind != JSON)
+            got = {key: moved.get(key, 0.0) for key in wanted}
+            assert got == pytest.approx(wanted), (chunking, ending, count)
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("name", "endpoint"), sorted(STREAMS.items()))
+async def test_streams_export_what_they_carry(
+    scripted: tuple[ScriptedUpstream, ProxyUnderTest], name: str, endpoint: str, style: str,
+) -> None:
+    await check_recording(*scripted, name, endpoint, style)
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("name", "endpoint"), sorted(BODIES.items()))
+async def test_bodies_export_what_they_carry(
+    scripted: tuple[ScriptedUpstream, ProxyUnderTest], name: str, endpoint: str, style: str,
+) -> None:
+    await check_recording(*scripted, name, endpoint, style)
+
+
+def _large_bodies() -> dict[str, tuple[str, dict[str, object]]]:
+    vector = [0.0123456789] * 768
+    return {
+        "embed_batch": ("/api/embed", {
+            "model": "all-minilm", "embeddings": [vector] * 400, "total_duration": 5_000_000,
+            "load_duration": 1_000_000, "prompt_eval_count": 16000}),
+        "generate_long_context": ("/api/generate", {
+            "model": "llama3.2", "created_at": "2025-10-26T17:15:28.330196Z", "response": "The sky is blue.",
+            "done": True, "done_reason": "length", "context": list(range(300_000)), "total_duration": 5043500667,
+            "load_duration": 5025959, "prompt_eval_count": 26, "prompt_eval_duration": 325953000,
+            "eval_count": 290, "eval_duration": 4709213000}),
+        "openai_embeddings": ("/v1/embeddings", {
+            "object": "list", "data": [{"object": "embedding", "embedding": vector, "index": i} for i in range(300)],
+            "model": "all-minilm", "usage": {"prompt_tokens": 900, "total_tokens": 900}}),
+        "openai_chat_long_content": ("/v1/chat/completions", {
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "llama3.2",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": 'a "quoted" line\n' * 100_000},
+                         "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 4096, "total_tokens": 4116}}),
+    }
+
+
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+@pytest.mark.parametrize("case", sorted(_large_bodies()))
+async def test_bodies_over_a_mebibyte_keep_every_field(
+    scripted: tuple[ScriptedUpstream, ProxyUnderTest], case: str, separators: tuple[str, str],
+) -> None:
+    """Fields before or after megabytes of vectors, context or text, in any spacing, are all read."""
+    endpoint, reply = _large_bodies()[case]
+    body = json.dumps(reply, separators=separators).encode()
+    assert len(body) > 1024 * 1024
+    expected = expected_for(endpoint, body, JSON)
+    assert expected.prompt_tokens or expected.embedding_inputs  # the oracle found the figures
+    for seed, chunking in enumerate(("one_write", "random")):
+        moved = await play(*scripted, endpoint, JSON, [body], chunking, "complete", seed, largest=65536)
+        wanted = expected_deltas(expected, "success", streaming=False)
+        assert {key: moved.get(key, 0.0) for key in wanted} == pytest.approx(wanted)
