@@ -225,3 +225,42 @@ async def test_curl_example_runs_against_the_proxy(proxy: ProxyUnderTest) -> Non
                                                  "llama3.2", proxy.metrics_url)
     assert returncode == 0, stderr
     assert 'ollama_generation_tokens_total{endpoint="/api/generate",model="llama3.2:latest"} 259.0' in stdout
+
+
+# ---------------------------------------------------------------- one definition of each figure
+
+
+def _kit_texts() -> dict[str, str]:
+    files = [*DASHBOARDS, *(PROMETHEUS_DIR / "rules").glob("*.yml"), ROOT / "README.md", ROOT / "examples" / "FLEET.md"]
+    return {str(path.relative_to(ROOT)): path.read_text() for path in files}
+
+
+def test_every_error_ratio_uses_the_one_definition_of_error() -> None:
+    """Rules, dashboards and README select errors with the same outcomes as /-/stats, /-/models and the page."""
+    from ollama_metrics_proxy.store import ERROR_OUTCOMES
+
+    found = 0
+    for name, text in _kit_texts().items():
+        for selector in re.findall(r'outcome(!?=~?)\\?"([^"\\]+)\\?"', text):
+            operator, value = selector
+            if operator == "=~" and "error" in value:
+                assert set(value.split("|")) == set(ERROR_OUTCOMES), (name, value)
+                found += 1
+            assert operator != "!~", f"{name}: errors are selected by what they are, not by what they are not"
+    assert found >= 3
+
+
+def test_speeds_divide_tokens_and_seconds_of_the_same_requests() -> None:
+    """Decode speed is eval_tokens / eval_seconds and prefill speed prompt_eval_tokens / prompt_eval_seconds
+    everywhere: dividing all generated tokens (which include /v1, Anthropic and estimated ones) by the native
+    routes' decode time overstated it."""
+    pairs = {"ollama_eval_seconds_total": "ollama_eval_tokens_total",
+             "ollama_prompt_eval_seconds_total": "ollama_prompt_eval_tokens_total"}
+    checked = 0
+    for name, text in _kit_texts().items():
+        for denominator, numerator in pairs.items():
+            for match in re.finditer(r"/[\s\\n]*(?:sum[^(]*\([^)]*\)\s*)?\(?rate\(" + denominator, text):
+                before = re.findall(r"rate\((ollama_\w+)", text[max(0, match.start() - 400) : match.start()])
+                assert before and before[-1] == numerator, (name, before[-1:], denominator)
+                checked += 1
+    assert checked >= 3

@@ -14,6 +14,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from ollama_metrics_proxy.server import build_registry, start
 from tests.conftest import ProxyUnderTest, config_for
-from tests.fake_ollama import RECORDINGS
+from tests.fake_ollama import RECORDINGS, ROUTES, WITHOUT_USAGE, FakeOllama
 from tests.ground_truth import JSON, NDJSON, SSE, Expected, expected_for, messages_of, respace
 
 STREAMS = {
@@ -294,3 +295,76 @@ async def test_bodies_over_a_mebibyte_keep_every_field(
         moved = await play(*scripted, endpoint, JSON, [body], chunking, "complete", seed, largest=65536)
         wanted = expected_deltas(expected, "success", streaming=False)
         assert {key: moved.get(key, 0.0) for key in wanted} == pytest.approx(wanted)
+
+
+async def test_mixed_traffic_decode_speed_is_the_native_truth(fake: FakeOllama, tmp_path: Path) -> None:
+    """Native, OpenAI (with and without usage) and Anthropic requests together: decode speed from the exported
+    counters, /-/models and /-/stats equals eval_count / eval_duration of the native replies alone, and the
+    request log marks the estimated tokens."""
+    running = await start(config_for(fake.url, log_db=str(tmp_path / "log.db")), registry=build_registry())
+    proxy = ProxyUnderTest(running)
+    native = [("/api/generate", True), ("/api/chat", True), ("/api/generate", False), ("/api/chat", False)]
+    others: list[tuple[str, dict[str, object]]] = [
+        ("/v1/chat/completions", {"stream": True}),  # no include_usage: estimated tokens, no decode time
+        ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": True}}),
+        ("/v1/completions", {"stream": True}),
+        ("/v1/messages", {"stream": True, "max_tokens": 16}),
+    ]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path, streamed in native:
+                async with http.post(proxy.url + path, json={"model": "llama3.2", "stream": streamed}) as reply:
+                    await reply.read()
+            for path, extra in others:
+                async with http.post(proxy.url + path, json={"model": "llama3.2", **extra}) as reply:
+                    await reply.read()
+            await _wait_recorded(proxy, len(native) + len(others))
+            finals = [json.loads(ROUTES[key].body.splitlines()[-1]) for key in native]
+            truth = sum(f["eval_count"] for f in finals) / (sum(f["eval_duration"] for f in finals) / 1e9)
+            tokens = sum_of(proxy.registry, "ollama_eval_tokens_total")
+            seconds = sum_of(proxy.registry, "ollama_eval_seconds_total")
+            assert tokens / seconds == pytest.approx(truth)
+            everything = sum_of(proxy.registry, "ollama_generation_tokens_total")
+            assert everything / seconds > truth * 1.01  # what the old rule divided: not the truth
+            running.request_log.flush()  # type: ignore[union-attr]
+            async with http.get(proxy.metrics_url + "/-/models") as reply:
+                llama = next(m for m in (await reply.json())["models"] if m["name"] == "llama3.2:latest")
+            assert llama["decode_tokens_per_second"] == pytest.approx(truth)
+            no_usage = expected_for("/v1/chat/completions", WITHOUT_USAGE["/v1/chat/completions"].body, SSE)
+            completions = expected_for("/v1/completions", WITHOUT_USAGE["/v1/completions"].body, SSE)
+            assert llama["generation_tokens_estimated"] == no_usage.content_chunks + completions.content_chunks
+            async with http.get(proxy.metrics_url + "/-/logs?endpoint=/v1/completions") as reply:
+                [record] = (await reply.json())["records"]
+            assert record["generation_tokens"] == record["generation_tokens_estimated"] == completions.content_chunks
+            async with http.get(proxy.metrics_url + "/-/stats") as reply:
+                stats = await reply.json()
+            assert stats["generation_tokens_estimated"] == llama["generation_tokens_estimated"]
+    finally:
+        await running.stop()
+
+
+async def test_a_long_mostly_cached_prompt_lands_in_a_finite_prefill_bucket(
+    scripted: tuple[ScriptedUpstream, ProxyUnderTest],
+) -> None:
+    """32,000 prompt tokens, most from the cache, with 50 ms of prefill: 640,000 tokens/s on paper."""
+    final = {"model": "llama3.2", "response": "ok", "done": True, "done_reason": "stop", "prompt_eval_count": 32000,
+             "prompt_eval_duration": 50_000_000, "eval_count": 1, "eval_duration": 20_000_000}
+    body = json.dumps(final).encode()
+    await play(*scripted, "/api/generate", JSON, [body], "one_write", "complete", 0)
+    proxy = scripted[1]
+    labels = {"endpoint": "/api/generate", "model": "llama3.2:latest"}
+    below_inf = proxy.value("ollama_prompt_tokens_per_second_bucket", le="1000000.0", **labels)
+    above_old_top = below_inf - proxy.value("ollama_prompt_tokens_per_second_bucket", le="50000.0", **labels)
+    assert below_inf == 1 and above_old_top == 1
+
+
+def sum_of(registry: CollectorRegistry, name: str) -> float:
+    return sum(sample.value for family in registry.collect() for sample in family.samples if sample.name == name)
+
+
+async def _wait_recorded(proxy: ProxyUnderTest, requests: int) -> None:
+    for _ in range(500):
+        if sum_of(proxy.registry, "ollama_requests_total") >= requests:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the proxy did not record {requests} requests")
