@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from ollama_metrics_proxy.redact import redact_url
+
 ENV_PREFIX = "OLLAMA_METRICS_PROXY_"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
 DEFAULT_LISTEN = "127.0.0.1:11435"
@@ -72,7 +74,7 @@ class Config:
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
         return {
-            "upstream": self.upstream,
+            "upstream": redact_url(self.upstream),
             "listen": str(self.listen),
             "metrics_listen": str(self.metrics_listen),
             "connect_timeout": self.connect_timeout,
@@ -104,15 +106,15 @@ def parse_upstream(text: str) -> str:
     """An http(s) base URL; a path prefix is kept, a trailing slash dropped."""
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"must be an http:// or https:// URL, got {text!r}")
+        raise ConfigError(f"must be an http:// or https:// URL, got {redact_url(text)!r}")
     if not parts.hostname:
-        raise ConfigError(f"has no host: {text!r}")
+        raise ConfigError(f"has no host: {redact_url(text)!r}")
     try:
         parts.port  # noqa: B018 - property access validates the port
     except ValueError:
-        raise ConfigError(f"has a bad port: {text!r}") from None
+        raise ConfigError(f"has a bad port: {redact_url(text)!r}") from None
     if parts.query or parts.fragment:
-        raise ConfigError(f"must not have a query or fragment: {text!r}")
+        raise ConfigError(f"must not have a query or fragment: {redact_url(text)!r}")
     return text.strip().rstrip("/")
 
 
@@ -229,14 +231,6 @@ def parse_log_db(text: str) -> str | None:
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ConfigError(f"cannot hold a database: {directory!r} is not a directory")
     return path
-
-
-def redact_url(value: str) -> str:
-    """Hide the password of a database URL in logs and messages."""
-    parts = urlsplit(value)
-    if parts.password:
-        return value.replace(f":{parts.password}@", ":***@", 1)
-    return value
 
 
 def parse_header_name(text: str) -> str | None:

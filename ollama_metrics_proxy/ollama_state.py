@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollama_metrics_proxy.sources import SourceHealth
+from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.upstream.errors import describe_os_error
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ def parse_tags(body: Any) -> tuple[InstalledModel, ...]:
 class OllamaStatePoller:
     def __init__(self, upstream: str, session: aiohttp.ClientSession, interval: float,
                  on_installed: Callable[[Iterable[str]], None] = lambda names: None) -> None:
-        self.upstream = upstream
-        self.health = SourceHealth("ollama", subject=f"upstream Ollama at {upstream}")
+        self._base_url = upstream  # with any credentials, which aiohttp sends as Basic authentication
+        self.upstream = redact_url(upstream)  # as shown in logs, /-/ready and /-/system
+        self.health = SourceHealth("ollama", subject=f"upstream Ollama at {self.upstream}")
         self.snapshot: OllamaSnapshot | None = None
         self.checked_at: float | None = None
         self.loads: dict[str, int] = {}
@@ -171,7 +173,7 @@ class OllamaStatePoller:
 
     async def _get(self, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_SECONDS)
-        async with self._session.get(self.upstream + path, timeout=timeout) as response:
+        async with self._session.get(self._base_url + path, timeout=timeout) as response:
             if response.status != 200:
                 raise ValueError(f"{path} answered HTTP {response.status}")
             return await response.json(content_type=None)

@@ -30,6 +30,7 @@ from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.sources import SourceUnavailable
 from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
+from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ async def serve_forever(config: Config) -> None:
     tune_garbage_collector()
     log.info(
         "ollama-metrics-proxy %s started: Ollama API on http://%s -> %s, metrics on http://%s/metrics",
-        __version__, running.proxy_address, config.upstream, running.metrics_address,
+        __version__, running.proxy_address, redact_url(config.upstream), running.metrics_address,
         extra={"fields": config.summary()},
     )
     stop = asyncio.Event()

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
+from ollama_metrics_proxy.redact import redact_url
+
 # SQLite allows 32766 bound values per statement; 22 columns times 256 rows stays well below.
 ROWS_PER_INSERT = 256
 # The one definition of an error, shared with the live figures, the recording rules and the dashboards: a failure
@@ -315,8 +317,6 @@ class PostgresStore(Store):
         return connection
 
     def describe(self) -> str:
-        from ollama_metrics_proxy.config import redact_url
-
         return redact_url(self.target)
 
 

@@ -103,3 +103,18 @@ def test_check_config_prints_the_effective_configuration(capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "configuration is valid" in out
     assert "upstream = http://127.0.0.1:11434" in out
+
+
+@pytest.mark.parametrize("upstream", ["http://ops:s3cret@gpu-box:99999", "http://ops:s3cret@gpu-box/?x=1",
+                                      "ftp://ops:s3cret@gpu-box"])
+def test_upstream_errors_never_show_the_password(upstream: str) -> None:
+    config, errors = load(["--upstream", upstream])
+    assert config is None and errors
+    assert all("s3cret" not in error for error in errors) and any("ops:***@" in error for error in errors)
+
+
+def test_summary_redacts_upstream_credentials() -> None:
+    config, _ = load(["--upstream", "https://ops:s3cret@gpu-box:11434", "--log-db", "off"])
+    assert config is not None
+    assert config.summary()["upstream"] == "https://ops:***@gpu-box:11434"
+    assert config.upstream == "https://ops:s3cret@gpu-box:11434"  # still used to connect

@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,11 +29,12 @@ ONE_GIB = 1024**3
 
 class ProxyProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="omp-process-"))  # its default request log lives here
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_metrics_proxy", "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**_clean_env(), **(env or {})}, cwd=Path(__file__).parent.parent,
+            env={**_clean_env(self.home), **(env or {})}, cwd=Path(__file__).parent.parent,
         )
         self.log_lines: list[str] = []
         self.api_url, self.metrics_url = self._wait_for_start()
@@ -55,12 +58,16 @@ class ProxyProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         _, rest = self.process.communicate(timeout=20)
+        shutil.rmtree(self.home, ignore_errors=True)
         return "".join(self.log_lines) + rest
 
 
-def _clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items()
+def _clean_env(home: Path) -> dict[str, str]:
+    """The caller's environment without the proxy's settings, with HOME and XDG_DATA_HOME in a temporary
+    directory: the real command's default request log must never land in the user's own."""
+    kept = {key: value for key, value in os.environ.items()
             if not key.startswith("OLLAMA_METRICS_PROXY_") and key != "OLLAMA_HOST"}
+    return {**kept, "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
 
 
 @pytest.fixture
@@ -132,7 +139,7 @@ async def test_json_logs_one_line_per_request_without_content(fake: FakeOllama) 
     assert secret not in log and "The sky" not in log
 
 
-def test_port_in_use_is_one_line_and_status_2() -> None:
+def test_port_in_use_is_one_line_and_status_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -140,11 +147,11 @@ def test_port_in_use_is_one_line_and_status_2() -> None:
         result = subprocess.run(
             [sys.executable, "-m", "ollama_metrics_proxy", "--listen", f"127.0.0.1:{port}",
              "--metrics-listen", "127.0.0.1:0"],
-            capture_output=True, text=True, timeout=30, env=_clean_env(), check=False,
+            capture_output=True, text=True, timeout=30, env=_clean_env(tmp_path), check=False,
         )
         check = subprocess.run(
             [sys.executable, "-m", "ollama_metrics_proxy", "--check-config", "--listen", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=30, env=_clean_env(), check=False,
+            capture_output=True, text=True, timeout=30, env=_clean_env(tmp_path), check=False,
         )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
@@ -191,3 +198,33 @@ async def test_one_gib_blob_upload_streams_with_flat_memory(
     assert status == 201  # the fake hashed every byte and found the digest the URL names
     assert fake.blob_bytes == ONE_GIB
     assert peak - baseline < 50 * 1024 * 1024, f"proxy RSS grew by {(peak - baseline) / 2**20:.1f} MiB"
+
+
+async def test_upstream_credentials_are_never_shown(fake: FakeOllama, dead_upstream: str) -> None:
+    """With --upstream http://user:secret@host, no body any client can trigger and no log line holds the
+    password: not the 502s, not /-/ready, /-/system or the start-up line."""
+    secret = "s3cret-Pa55word"
+    bodies: list[str] = []
+    for upstream in (fake.url, dead_upstream):
+        url = upstream.replace("http://", f"http://ops:{secret}@")
+        process = ProxyProcess("--upstream", url, "--ollama-poll-interval", "0.2", "--log-level", "debug")
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(30):  # until the poller has checked once
+                    async with http.get(process.metrics_url + "/-/ready") as response:
+                        ready = await response.text()
+                    if json.loads(ready)["checked_at"] is not None:
+                        break
+                    await asyncio.sleep(0.1)
+                bodies.append(ready)
+                async with http.get(process.metrics_url + "/-/system") as response:
+                    bodies.append(await response.text())
+                async with http.post(process.api_url + "/api/generate", json={"model": "llama3.2"}) as response:
+                    bodies.append(await response.text())
+                    status = response.status
+                assert status == (200 if upstream == fake.url else 502)
+        finally:
+            bodies.append(process.stop())
+    assert [body for body in bodies if secret in body] == []
+    assert any("ops:***@" in body for body in bodies[:3]) and any("ops:***@" in body for body in bodies[4:])
+    assert fake.seen[0].headers["Authorization"].startswith("Basic ")  # still sent to Ollama, as it should

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.upstream.connection import Connection
 from ollama_metrics_proxy.upstream.errors import ConnectFailed, ConnectTimeout, ResponseFailed, describe_os_error
 from ollama_metrics_proxy.upstream.http1 import ResponseHead, ResponseParser, request_head
@@ -68,7 +69,7 @@ class UpstreamClient:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self.base_url = base_url
+        self.base_url = redact_url(base_url)  # for messages: credentials never shown
         self.connect_timeout = connect_timeout
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
