@@ -26,11 +26,11 @@ from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.sources import SourceUnavailable
 from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
-from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
