@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,24 +72,56 @@ def _database_error(request_log: RequestLog, exc: StoreError) -> web.Response:
 # ---------------------------------------------------------------- parameters
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() also accepts "²"
+# Times are unix milliseconds in a 64-bit column; anything outside years 1970-9999 is a mistake, not a query.
+_LATEST_MS = 253_402_300_799_000
+_MAX_CURSOR = 2**63 - 1
+_MAX_PARAM_LENGTH = 200
+
+
+def _query(request: web.Request, name: str) -> str | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
+        return None
+    if len(raw) > _MAX_PARAM_LENGTH:
+        raise BadParameter(f"{name} is too long ({len(raw)} characters; at most {_MAX_PARAM_LENGTH})")
+    if not raw.isprintable() or _surrogates(raw):
+        raise BadParameter(f"{name} must be printable UTF-8 text, got {raw!r}")
+    return raw
+
+
+def _surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = _query(request, name)
+    if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _WHOLE_NUMBER.fullmatch(raw) or not low <= int(raw) <= high:
         raise BadParameter(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
     return int(raw)
 
 
 def _time_param(request: web.Request, name: str) -> int | None:
     """Unix seconds (``1700000000`` or ``1700000000.5``) or ISO 8601 (``2026-11-23T12:00:00Z``); returns ms."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = _query(request, name)
+    if raw is None:
         return None
     try:
-        return int(float(raw) * 1000)
+        seconds = float(raw)
     except ValueError:
-        pass
+        seconds = _iso_seconds(name, raw)
+    if not 0 <= seconds * 1000 <= _LATEST_MS:  # also false for nan and inf
+        raise BadParameter(f"{name} must be a time between 1970 and 9999, got {raw!r}")
+    return int(seconds * 1000)
+
+
+def _iso_seconds(name: str, raw: str) -> float:
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
@@ -96,18 +129,24 @@ def _time_param(request: web.Request, name: str) -> int | None:
                            f"got {raw!r}") from None
     if moment.tzinfo is None:
         raise BadParameter(f"{name} needs a time zone (add Z for UTC), got {raw!r}")
-    return int(moment.timestamp() * 1000)
+    try:
+        return moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        raise BadParameter(f"{name} must be a time between 1970 and 9999, got {raw!r}") from None
 
 
 def _cursor_param(request: web.Request) -> tuple[int, int] | None:
-    raw = request.query.get("cursor")
-    if not raw:
+    raw = _query(request, "cursor")
+    if raw is None:
         return None
     try:
         started, row_id = base64.urlsafe_b64decode(raw.encode() + b"==").decode().split(":")
-        return int(started), int(row_id)
-    except (ValueError, UnicodeDecodeError):
-        raise BadParameter("cursor is not one this API returned; pass next_cursor from the previous page") from None
+        key = int(started), int(row_id)
+    except (ValueError, UnicodeError):
+        key = (-1, -1)
+    if not all(0 <= part <= _MAX_CURSOR for part in key):
+        raise BadParameter("cursor is not one this API returned; pass next_cursor from the previous page")
+    return key
 
 
 def _encode_cursor(row: dict[str, Any]) -> str:
@@ -173,11 +212,11 @@ async def logs(request: web.Request) -> web.Response:
         return request_log
     outcomes = {outcome.value for outcome in Outcome}
     try:
-        outcome = request.query.get("outcome") or None
+        outcome = _query(request, "outcome")
         if outcome is not None and outcome not in outcomes:
             raise BadParameter(f"outcome must be one of {', '.join(sorted(outcomes))}, got {outcome!r}")
-        filters = {"model": request.query.get("model") or None, "outcome": outcome,
-                   "client": request.query.get("client") or None, "endpoint": request.query.get("endpoint") or None,
+        filters = {"model": _query(request, "model"), "outcome": outcome,
+                   "client": _query(request, "client"), "endpoint": _query(request, "endpoint"),
                    "since": _time_param(request, "since"), "until": _time_param(request, "until")}
         limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
         cursor = _cursor_param(request)
@@ -185,7 +224,7 @@ async def logs(request: web.Request) -> web.Response:
         return error(400, str(exc))
     unknown = set(request.query) - {"model", "outcome", "client", "endpoint", "since", "until", "limit", "cursor"}
     if unknown:
-        return error(400, f"unknown parameter {sorted(unknown)[0]!r}; use model, outcome, client, endpoint, "
+        return error(400, f"unknown parameter {sorted(unknown)[0][:40]!r}; use model, outcome, client, endpoint, "
                           "since, until, limit, cursor")
     try:
         rows = await _in_thread(request_log.store.logs, filters, limit + 1, cursor)
@@ -219,7 +258,8 @@ async def delete_logs(request: web.Request) -> web.Response:
                           "(or OLLAMA_METRICS_PROXY_ADMIN_TOKEN) to enable them")
     supplied = request.headers.get(hdrs.AUTHORIZATION, "")
     expected = f"Bearer {analytics.admin_token}"
-    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+    # Header bytes that are not UTF-8 arrive as surrogates; compared as the bytes they were, they simply differ.
+    if not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode()):
         return web.json_response({"error": "a valid admin token is required: Authorization: Bearer <token>"},
                                  status=401, headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="ollama-metrics-proxy"'})
     request_log = _log_or_error(request)

@@ -6,6 +6,7 @@ traffic and with the request log off; a screenshot is saved under test-artifacts
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -53,6 +54,15 @@ async def open_dashboard(browser: Any, proxy: ProxyUnderTest) -> tuple[Any, list
     return page, problems
 
 
+async def wait_for_rows(page: Any, selector: str, count: int) -> None:
+    """Polls from the test (the page's Content-Security-Policy forbids the eval behind wait_for_function)."""
+    for _ in range(300):
+        if await page.locator(selector).count() == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{selector}: expected {count} rows, found {await page.locator(selector).count()}")
+
+
 async def test_dashboard_shows_the_api_figures(
     fake: FakeOllama, tmp_path: Path, browser: Any, http: aiohttp.ClientSession,
 ) -> None:
@@ -87,12 +97,12 @@ async def test_dashboard_shows_the_api_figures(
         assert "llama3.2:latest" in models and "all-minilm:latest" in models
         assert "llama3.2:latest" in await page.inner_text("#loaded tbody")  # from /api/ps via /-/system
         assert "Ollama 0.33.0 up" in await page.inner_text("#ollama-status")
-        await page.wait_for_function("document.querySelectorAll('#logs tbody tr').length === 4")
+        await wait_for_rows(page, "#logs tbody tr", 4)
         assert "client_error" in await page.inner_text("#logs tbody")
         assert await page.get_attribute("#c-rpm polyline", "points")
 
         await page.select_option("#f-outcome", "client_error")
-        await page.wait_for_function("document.querySelectorAll('#logs tbody tr').length === 1")
+        await wait_for_rows(page, "#logs tbody tr", 1)
         await page.select_option("#f-outcome", "")
 
         ARTIFACTS.mkdir(exist_ok=True)

@@ -11,9 +11,10 @@ from ollama_metrics_proxy.observe.observation import Observation
 Clock = Callable[[], float]
 
 # Whitespace between JSON tokens, where it could change what a byte pattern matches: around a key's colon
-# (`"done": true`), and tab or CR anywhere (raw ones cannot occur inside JSON strings). A block holding any of
-# these is read line by line with a real JSON parser instead of being counted by patterns. Inside a string, `": `
-# can only appear escaped (`\\": `): such a line merely takes the slower, always correct path.
+# (`"done": true`), and tab or CR anywhere (raw ones cannot occur inside JSON strings). A stream whose first
+# messages hold any of these is read line by line with a real JSON parser throughout instead of being counted by
+# patterns: a server (or a proxy in between) writes all its JSON with one serializer. Inside a string, `": ` can
+# only appear escaped (`\\": `): such a stream merely takes the slower, always correct path.
 SPACED_JSON: tuple[bytes, ...] = (b'": ', b'" :', b"\t", b"\r")
 
 
@@ -41,9 +42,10 @@ class LineObserver(Observer):
 
     The fast path: the part of a block before the first ``special`` marker (final objects, errors, empty
     pieces) holds only ordinary content messages, so it is only counted (``count_content``), with substring
-    searches at C speed whatever its size. It is taken only when that part has exactly the shape Ollama writes
-    (``counts_exactly``: compact JSON, one message per line or event, every message carrying content); anything
-    else (spaced JSON, comments, unknown lines) is read line by line, where every message is parsed as JSON.
+    searches at C speed whatever its size. It is taken only when the stream's first messages were compact JSON
+    and the part has exactly the shape Ollama writes (``counts_exactly``: one message per line or event, every
+    message carrying content); anything else (spaced JSON, comments, unknown lines) is read line by line, where
+    every message is parsed as JSON.
     Both paths give the same result; the tests check that at every split point of the recorded streams, in
     compact and in spaced JSON.
     """
@@ -53,6 +55,7 @@ class LineObserver(Observer):
     def __init__(self, clock: Clock = time.perf_counter) -> None:
         super().__init__(clock)
         self._lines = LineBuffer()
+        self._compact = True  # every line read before the model was known was compact JSON
 
     def feed(self, chunk: bytes) -> None:
         block = self._lines.feed(chunk)
@@ -61,7 +64,7 @@ class LineObserver(Observer):
         now = self._clock()
         if self.observation.model is None:
             block = self._read_until_model(block, now)
-        cut = self.boundary(block, self._first_special(block))
+        cut = self.boundary(block, self._first_special(block)) if self._compact else 0
         if cut:
             part = block if cut == len(block) else block[:cut]
             count = self.counts_exactly(part)
@@ -81,7 +84,9 @@ class LineObserver(Observer):
         start = 0
         while self.observation.model is None and start < len(block):
             end = block.index(b"\n", start)
-            self.line(block[start:end], now)
+            line = block[start:end]
+            self._compact = self._compact and is_compact(line)
+            self.line(line, now)
             start = end + 1
         return block[start:] if start else block
 

@@ -7,7 +7,7 @@ depend on how the upstream spaces its JSON. A line that is not a JSON object is 
 
 from __future__ import annotations
 
-from ollama_metrics_proxy.observe.base import LineObserver, is_compact
+from ollama_metrics_proxy.observe.base import LineObserver
 from ollama_metrics_proxy.observe.extract import (
     apply_native,
     error_message,
@@ -26,14 +26,16 @@ class NdjsonObserver(LineObserver):
     special: tuple[bytes, ...] = (b'"error"', b'"done":true', b'"response":""', b'"content":""', b"\n\n")
 
     def counts_exactly(self, part: bytes) -> int | None:
-        """Every line a compact JSON object carrying one text piece: `{…"response":"x"…}` or `{…"content":"x"…}`."""
+        """Every line a JSON object carrying one text piece: `{…"response":"x"…}` or `{…"content":"x"…}`."""
+        if not part.startswith(b"{") or not part.endswith(b"}\n"):
+            return None
+        if part.find(b"\n") == len(part) - 1:  # one line, the usual read: checks that cost no scan of the line
+            return 1 if _CONTENT_MARKERS[0] in part or _CONTENT_MARKERS[1] in part else None
         lines = part.count(b"\n")
         if (
-            part[:1] != b"{"
-            or part.count(b"}\n") != lines
+            part.count(b"}\n") != lines
             or part.count(b"\n{") != lines - 1
             or part.count(_CONTENT_MARKERS[0]) + part.count(_CONTENT_MARKERS[1]) != lines
-            or not is_compact(part)
         ):
             return None
         return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from ollama_metrics_proxy.observe.base import Clock, LineObserver, is_compact
+from ollama_metrics_proxy.observe.base import Clock, LineObserver
 from ollama_metrics_proxy.observe.extract import (
     apply_anthropic,
     apply_openai,
@@ -45,16 +45,21 @@ class SseObserver(LineObserver):
         return end + 2 if end >= 0 else 0
 
     def counts_exactly(self, part: bytes) -> int | None:
-        """Every event exactly `[event: name\\n]data: {…}\\n\\n` in compact JSON."""
-        events = part.count(b"\n\n")
+        """Every event exactly `[event: name\\n]data: {…}\\n\\n`."""
         first = b"data: {" if self.lines_per_event == 1 else b"event: "
+        if not part.startswith(first) or not part.endswith(b"}\n\n"):
+            return None
+        newlines = part.count(b"\n")
+        if newlines == self.lines_per_event + 1:  # one event, the usual read
+            if self.lines_per_event == 2 and b"\ndata: {" not in part:
+                return None
+            return self.content_events(part, 1)
+        events = part.count(b"\n\n")
         if (
-            part.count(b"\n") != (self.lines_per_event + 1) * events
-            or not part.startswith(first)
+            newlines != (self.lines_per_event + 1) * events
             or part.count(b"\n\n" + first) != events - 1
             or part.count(b"}\n\n") != events
             or (self.lines_per_event == 2 and part.count(b"\ndata: {") != events)
-            or not is_compact(part)
         ):
             return None
         return self.content_events(part, events)
@@ -113,6 +118,11 @@ class OpenAiSseObserver(SseObserver):
 
     def content_events(self, part: bytes, events: int) -> int | None:
         # Exactly one content marker per event, or the part is parsed event by event.
+        if events == 1:  # the usual read; written out, as a generator costs more than the searches
+            content, reasoning, reasoning_content, text_, tool_calls = _OPENAI_CONTENT
+            found = (content in part or reasoning in part or text_ in part or tool_calls in part
+                     or reasoning_content in part)
+            return 1 if found else None
         return events if sum(part.count(marker) for marker in _OPENAI_CONTENT) == events else None
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
