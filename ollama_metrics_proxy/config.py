@@ -70,6 +70,7 @@ class Config:
     client_header: str | None = None
     admin_token: str | None = None
     openai_usage: str = "off"
+    client_hash_key: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -96,6 +97,7 @@ class Config:
             "client_header": self.client_header,
             "admin_token": "set" if self.admin_token else "not set (mutating endpoints disabled)",
             "openai_usage": self.openai_usage,
+            "client_hash_key": "set" if self.client_hash_key else "kept beside the request log",
         }
 
 
@@ -316,6 +318,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("client_hash_key", "--client-hash-key", parse_secret, "",
+           "secret key for hashing bearer tokens into client identities (default: a random key kept beside the "
+           "request log); give every proxy of a fleet the same one. Prefer the variable"),
     Option("admin_token", "--admin-token", parse_secret, "",
            "bearer token for mutating endpoints (DELETE /-/logs); unset: they are disabled. Prefer the variable"),
     Option("openai_usage", "--openai-usage", choice(OPENAI_USAGE_MODES), "off",

@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterable
 
 OTHER = "other"
 NO_MODEL = "none"  # requests that name no model (/api/tags, /api/version, ...)
+# Real model names are short (`hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M` is 48 characters); a longer one
+# would make every series that carries it heavy (100 names of 512 characters made /metrics 15.7 MB).
+MAX_MODEL_LABEL_LENGTH = 128
 
 # Reasons Ollama's three dialects report; anything else is folded into "other".
 FINISH_REASONS = frozenset({
@@ -49,6 +52,9 @@ class ModelLabels:
             return label
         if not may_add:
             return OTHER
+        if len(label) > MAX_MODEL_LABEL_LENGTH:
+            self._on_overflow()
+            return OTHER
         with self._lock:
             if label in self._known:
                 return label
@@ -61,7 +67,8 @@ class ModelLabels:
     def admit(self, names: Iterable[str]) -> None:
         """Give these names their own values even past the limit (they are installed, so bounded by disk)."""
         with self._lock:
-            self._known.update(normalize_model(name) for name in names if name)
+            self._known.update(label for label in map(normalize_model, filter(None, names))
+                               if len(label) <= MAX_MODEL_LABEL_LENGTH)
 
     def __len__(self) -> int:
         return len(self._known)

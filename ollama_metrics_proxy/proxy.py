@@ -21,12 +21,12 @@ from aiohttp import hdrs, web
 from ollama_metrics_proxy.content import CAPTURE_BYTES
 from ollama_metrics_proxy.endpoints import BLOBS, classify
 from ollama_metrics_proxy.exchange import Exchange, Outcome, client_left, outcome_for_response
+from ollama_metrics_proxy.identity import ClientIdentity
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
 from ollama_metrics_proxy.openai_usage import INJECT_ENDPOINTS, MAX_REWRITTEN_BODY, UsageStripper, with_include_usage
 from ollama_metrics_proxy.recorder import Recorder
-from ollama_metrics_proxy.request_log import client_identity
 from ollama_metrics_proxy.upstream import (
     BodyFailed,
     ConnectFailed,
@@ -70,12 +70,12 @@ def json_error(status: int, message: str) -> web.Response:
 
 class Proxy:
     def __init__(self, upstream: UpstreamClient, recorder: Recorder,
-                 clock: Clock = time.perf_counter, *, client_header: str | None = None,
+                 clock: Clock = time.perf_counter, *, client_identity: ClientIdentity | None = None,
                  capture_content: bool = False, inject_openai_usage: bool = False) -> None:
         self._upstream = upstream
         self._recorder = recorder
         self._clock = clock
-        self._client_header = client_header
+        self._client_identity = client_identity
         self._capture_content = capture_content
         self._inject_openai_usage = inject_openai_usage
 
@@ -86,9 +86,8 @@ class Proxy:
                                    "send an origin-form request target such as /api/tags")
         exchange = Exchange(endpoint=classify(request.path), method=request.method, path=request.path,
                             started=self._clock(), client=request.remote or "", wall_started=time.time())
-        if self._client_header:
-            exchange.client_identity = client_identity(self._client_header,
-                                                       request.headers.get(self._client_header))
+        if self._client_identity is not None:
+            exchange.client_identity = self._client_identity(request.headers.get(self._client_identity.header))
         if self._capture_content:  # opt-in only: --log-content
             exchange.captured_request, exchange.captured_response = bytearray(), bytearray()
         body = RequestBody(request, exchange)

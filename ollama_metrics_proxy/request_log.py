@@ -10,7 +10,6 @@ record is counted in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -31,16 +30,6 @@ BATCH_SIZE = 500
 # record: one thread switch per interval keeps the writer from competing with the relay for the GIL.
 WRITE_INTERVAL_SECONDS = 0.5
 RETENTION_INTERVAL_SECONDS = 300.0
-
-
-def client_identity(header: str | None, value: str | None) -> str | None:
-    """The configured client header's value; an Authorization bearer token only as a short hash."""
-    if not header or not value:
-        return None
-    if header.lower() == "authorization":
-        token = value.split(" ", 1)[1] if value.lower().startswith("bearer ") else value
-        return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
-    return value[:128]
 
 
 Captured = tuple[bytes, bytes, str]  # request body, response body, response content type (with --log-content)

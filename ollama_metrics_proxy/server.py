@@ -7,6 +7,7 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import signal
 import socket
 import time
@@ -19,7 +20,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
-from ollama_metrics_proxy.config import Config, HostPort
+from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
+from ollama_metrics_proxy.identity import ClientIdentity, load_key
 from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
@@ -111,7 +113,7 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host)
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
-        proxy = Proxy(upstream, recorder, client_header=config.client_header,
+        proxy = Proxy(upstream, recorder, client_identity=build_client_identity(config),
                       capture_content=config.log_content and request_log is not None,
                       inject_openai_usage=config.openai_usage == "inject")
         # The API port has one handler for every path: aiohttp's low-level server, without the application's
@@ -135,6 +137,16 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     for sampler in samplers.all():
         sampler.start()
     return running
+
+
+def build_client_identity(config: Config) -> ClientIdentity | None:
+    if config.client_header is None or config.log_db is None:
+        return None  # identities are only ever stored in the request log
+    directory = default_data_dir()
+    if not config.log_db.startswith(("postgresql://", "postgres://")):
+        directory = os.path.dirname(os.path.abspath(config.log_db))
+    key = load_key(config.client_hash_key, directory) if config.client_header.lower() == "authorization" else b""
+    return ClientIdentity(config.client_header, key)
 
 
 def build_request_log(config: Config, registry: CollectorRegistry) -> RequestLog | None:

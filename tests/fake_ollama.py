@@ -28,10 +28,11 @@ class Recording:
     name: str
     content_type: str
     status: int = 200
+    data: bytes | None = None  # a reply made up by the test instead of a recorded file
 
     @property
     def body(self) -> bytes:
-        return (RECORDINGS / self.name).read_bytes()
+        return self.data if self.data is not None else (RECORDINGS / self.name).read_bytes()
 
     @property
     def chunks(self) -> list[bytes]:

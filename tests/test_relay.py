@@ -18,7 +18,7 @@ from yarl import URL
 from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
 from ollama_metrics_proxy.server import start
 from tests.conftest import ProxyUnderTest, config_for
-from tests.fake_ollama import NOT_FOUND, ROUTES, UNKNOWN_MODEL, FakeOllama, rec
+from tests.fake_ollama import JSON, NOT_FOUND, ROUTES, UNKNOWN_MODEL, FakeOllama, Recording, rec
 
 # Headers each server sets for itself, or that legitimately differ hop by hop.
 PER_HOP = {"date", "server", "connection", "keep-alive", "transfer-encoding", "x-accel-buffering"}
@@ -339,3 +339,19 @@ async def test_malformed_request_bytes_never_break_the_proxy(
     assert b"Received HTTPS traffic on an HTTP port" in reply  # a precise reason, from aiohttp
     status, _, _ = await fetch(http, "GET", proxy.url + "/api/tags")
     assert status == 200  # still serving
+
+
+async def test_overlong_model_names_count_as_other(
+    proxy: ProxyUnderTest, fake: FakeOllama, http: aiohttp.ClientSession,
+) -> None:
+    """A 512-character model name never becomes a label value (100 such names made /metrics 15.7 MB)."""
+    for index in range(20):
+        name = f"m{index}-" + "x" * 510
+        reply = {"model": name, "response": "hi", "done": True, "done_reason": "stop", "eval_count": 1}
+        fake.override["/api/generate"] = Recording("long.json", JSON, data=json.dumps(reply).encode())
+        status, _, _ = await fetch(http, "POST", proxy.url + "/api/generate", json.dumps({"model": name}).encode())
+        assert status == 200
+    assert proxy.value("ollama_requests_total", endpoint="/api/generate", model="other", outcome="success") == 20
+    assert proxy.value("ollama_metrics_proxy_label_overflows_total", label="model") == 20
+    async with http.get(proxy.metrics_url + "/metrics") as response:
+        assert "x" * 129 not in await response.text()

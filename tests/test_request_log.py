@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -359,7 +360,7 @@ def test_full_queue_drops_and_counts(tmp_path: Any) -> None:
     request_log.stop()
 
 
-async def test_bearer_tokens_are_stored_only_as_a_short_hash(
+async def test_bearer_tokens_are_stored_only_as_a_keyed_hash(
     fake: FakeOllama, tmp_path: Any, http: aiohttp.ClientSession,
 ) -> None:
     path = tmp_path / "keys.sqlite3"
@@ -372,10 +373,37 @@ async def test_bearer_tokens_are_stored_only_as_a_short_hash(
         await flush(proxy)
         _, body = await get(http, proxy.metrics_url + "/-/logs")
         identity = body["records"][0]["client_identity"]
-        assert identity == "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+        # HMAC-SHA256 under the random key kept beside the log (0600), not a bare hash anyone can recompute.
+        key_file = tmp_path / "client-identity.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_bytes().strip()
+        assert identity == "hmac-sha256:" + hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:16]
+        assert hashlib.sha256(token.encode()).hexdigest()[:12] not in identity
         _, clients = await get(http, proxy.metrics_url + "/-/clients")
         assert clients["clients"][0]["name"] == identity
     finally:
         await proxy.running.stop()
     stored = b"".join(file.read_bytes() for file in tmp_path.glob("keys.sqlite3*"))
     assert token.encode() not in stored
+
+
+async def test_a_given_hash_key_makes_identities_agree_across_proxies_and_restarts(
+    fake: FakeOllama, tmp_path: Any, http: aiohttp.ClientSession,
+) -> None:
+    key = "fleet-wide-client-hash-key-0123"
+    identities = []
+    for name in ("a", "b"):
+        proxy = await start_proxy(fake, str(tmp_path / f"{name}.sqlite3"), client_header="Authorization",
+                                  client_hash_key=key)
+        try:
+            async with http.post(proxy.url + "/api/generate", json={"model": "llama3.2"},
+                                 headers={"Authorization": "Bearer sk-team-token-42"}) as response:
+                await response.read()
+            await flush(proxy)
+            _, body = await get(http, proxy.metrics_url + "/-/logs")
+            identities.append(body["records"][0]["client_identity"])
+        finally:
+            await proxy.running.stop()
+    expected = hmac.new(key.encode(), b"sk-team-token-42", hashlib.sha256).hexdigest()[:16]
+    assert identities == ["hmac-sha256:" + expected] * 2
+    assert not (tmp_path / "client-identity.key").exists()  # a given key is never written down
