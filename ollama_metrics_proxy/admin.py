@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -117,9 +119,27 @@ async def not_found(request: web.Request) -> web.Response:
     return json_response(404, {"error": f"no such endpoint {request.path}; see / for the list"})
 
 
+def host_check(allowed: Callable[[str | None], bool], on_refused: Callable[[], None]) -> Middleware:
+    """Answer only requests whose Host names this listener (DNS rebinding: see hosts.py)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get(hdrs.HOST)
+        if allowed(host):
+            return await handler(request)
+        on_refused()
+        return json_response(403, {"error": f"Host {host!r} does not name this proxy; if it should, start the "
+                                            "proxy with --allowed-hosts naming it"})
+
+    return check
+
+
 def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, samplers: Samplers,
-                      started_at: float, analytics: Analytics) -> web.Application:
-    app = web.Application()
+                      started_at: float, analytics: Analytics,
+                      host_allowed: Callable[[str | None], bool] | None = None,
+                      on_refused: Callable[[], None] = lambda: None) -> web.Application:
+    middlewares = [host_check(host_allowed, on_refused)] if host_allowed is not None else []
+    app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(add_security_headers)
     app[REGISTRY_KEY] = registry
     app[POLLER_KEY] = poller

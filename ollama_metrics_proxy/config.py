@@ -71,6 +71,7 @@ class Config:
     admin_token: str | None = None
     openai_usage: str = "off"
     client_hash_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -98,6 +99,7 @@ class Config:
             "admin_token": "set" if self.admin_token else "not set (mutating endpoints disabled)",
             "openai_usage": self.openai_usage,
             "client_hash_key": "set" if self.client_hash_key else "kept beside the request log",
+            "allowed_hosts": ",".join(self.allowed_hosts) or "this machine's names and addresses",
         }
 
 
@@ -244,6 +246,16 @@ def parse_header_name(text: str) -> str | None:
     return value
 
 
+def parse_host_list(text: str) -> tuple[str, ...]:
+    """Comma-separated host names (``proxy.example.com``), domains (``.example.com``) or ``*``."""
+    hosts = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    for host in hosts:
+        if "/" in host or "@" in host or " " in host:
+            raise ConfigError(f"must be host names separated by commas (like ollama.example.com,.internal), "
+                              f"got {host!r}")
+    return hosts
+
+
 def parse_secret(text: str) -> str | None:
     value = text.strip()
     if value and len(value) < 16:
@@ -318,6 +330,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("allowed_hosts", "--allowed-hosts", parse_host_list, "",
+           "more Host names both listeners answer, comma-separated (.example.com for a domain, * for any); "
+           "by default only this machine's names and addresses, against DNS rebinding"),
     Option("client_hash_key", "--client-hash-key", parse_secret, "",
            "secret key for hashing bearer tokens into client identities (default: a random key kept beside the "
            "request log); give every proxy of a fleet the same one. Prefer the variable"),

@@ -272,6 +272,11 @@ class TrafficMetrics:
         self.relayed_bytes = counter(
             "ollama_metrics_proxy_relayed_bytes_total", "Body bytes relayed, by direction.",
             ("endpoint", "direction"))
+        self.refused = Counter(
+            "ollama_metrics_proxy_refused_requests_total",
+            "Requests refused before anything was forwarded or answered, by listener (api, metrics) and reason "
+            "(host: a Host header naming another machine, as DNS rebinding sends).", ("listener", "reason"),
+            registry=registry)
         self.internal_errors = Counter(
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",

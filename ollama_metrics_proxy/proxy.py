@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
 import orjson
@@ -71,15 +71,21 @@ def json_error(status: int, message: str) -> web.Response:
 class Proxy:
     def __init__(self, upstream: UpstreamClient, recorder: Recorder,
                  clock: Clock = time.perf_counter, *, client_identity: ClientIdentity | None = None,
-                 capture_content: bool = False, inject_openai_usage: bool = False) -> None:
+                 capture_content: bool = False, inject_openai_usage: bool = False,
+                 host_allowed: Callable[[str | None], bool] | None = None) -> None:
         self._upstream = upstream
         self._recorder = recorder
         self._clock = clock
         self._client_identity = client_identity
         self._capture_content = capture_content
         self._inject_openai_usage = inject_openai_usage
+        self._host_allowed = host_allowed
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._host_allowed is not None and not self._host_allowed(request.headers.get(hdrs.HOST)):
+            # Ollama's own answer to a foreign Host on loopback: 403, empty body. Nothing is forwarded.
+            self._recorder.metrics.refused.labels("api", "host").inc()
+            return web.Response(status=403)
         if not request.raw_path.startswith("/"):
             # An absolute-form target ("GET http://elsewhere/ HTTP/1.1") would make this an open proxy.
             return json_error(400, "ollama-metrics-proxy forwards only to its configured upstream; "

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -21,6 +22,7 @@ from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
 from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
+from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback
 from ollama_metrics_proxy.identity import ClientIdentity, load_key
 from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.live_stats import LiveStats
@@ -115,7 +117,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     try:
         proxy = Proxy(upstream, recorder, client_identity=build_client_identity(config),
                       capture_content=config.log_content and request_log is not None,
-                      inject_openai_usage=config.openai_usage == "inject")
+                      inject_openai_usage=config.openai_usage == "inject",
+                      host_allowed=api_host_check(config))
         # The API port has one handler for every path: aiohttp's low-level server, without the application's
         # router and middleware machinery, which would cost every request and add nothing here.
         api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
@@ -123,7 +126,10 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
         running.proxy_address = await _serve(running, api_runner, config.listen, "--listen")
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
-        metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics)
+        metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
+        metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics,
+                                        host_allowed=metrics_hosts.allows,
+                                        on_refused=metrics.refused.labels("metrics", "host").inc)
         metrics_runner = web.AppRunner(metrics_app, handler_cancellation=True, access_log=None,
                                        shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         running.metrics_address = await _serve(running, metrics_runner, config.metrics_listen, "--metrics-listen")
@@ -137,6 +143,15 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     for sampler in samplers.all():
         sampler.start()
     return running
+
+
+def api_host_check(config: Config) -> Callable[[str | None], bool] | None:
+    """Ollama's Host rule on the API port when it listens on loopback, as Ollama itself does; elsewhere the
+    proxy is deliberately reachable and, like Ollama bound to 0.0.0.0, checks nothing."""
+    if not is_loopback(config.listen.host):
+        return None
+    hosts = AllowedHosts(config.allowed_hosts, bound=config.listen.host)
+    return None if hosts.everything else hosts.allows_like_ollama
 
 
 def build_client_identity(config: Config) -> ClientIdentity | None:

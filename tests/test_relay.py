@@ -267,7 +267,7 @@ async def test_a_failing_observer_never_breaks_the_request(
 async def test_absolute_form_targets_are_refused(proxy: ProxyUnderTest) -> None:
     port = int(proxy.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET http://example.com/api/tags HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET http://example.com/api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     await writer.drain()
     reply = await asyncio.wait_for(reader.read(), timeout=5)
     writer.close()
