@@ -17,6 +17,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 
 from ollama_metrics_proxy.exchange import Outcome
@@ -25,6 +26,7 @@ from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.store import StoreError
 
 MAX_LIMIT = 1000
+DEFAULT_GROUP_LIMIT = 100  # /-/models and /-/clients: the top 100 by requests, a cursor for the rest
 MAX_HISTORY_MINUTES = 60 * 24 * 31
 STATIC = resources.files("ollama_metrics_proxy") / "static"
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
@@ -195,15 +197,52 @@ async def history(request: web.Request) -> web.Response:
     return web.json_response({"minutes": minutes, "step_seconds": step, "buckets": buckets})
 
 
+def _page_params(request: web.Request) -> tuple[int, tuple[int, str] | None]:
+    """``limit`` (top N by requests) and ``cursor`` (where the previous page ended) of a grouped listing."""
+    unknown = set(request.query) - {"limit", "cursor"}
+    if unknown:
+        raise BadParameter(f"unknown parameter {sorted(unknown)[0][:40]!r}; use limit and cursor")
+    limit = _int_param(request, "limit", DEFAULT_GROUP_LIMIT, 1, MAX_LIMIT)
+    raw = _query(request, "cursor")
+    if raw is None:
+        return limit, None
+    try:
+        requests, name = orjson.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        requests, name = None, None
+    if not isinstance(requests, int) or not isinstance(name, str) or not 0 <= requests <= _MAX_CURSOR:
+        raise BadParameter("cursor is not one this API returned; pass next_cursor from the previous page")
+    return limit, (requests, name)
+
+
+def _page(rows: list[dict[str, Any]], limit: int, total: int) -> dict[str, Any]:
+    last = rows[-1] if len(rows) == limit else None
+    cursor = None
+    if last is not None:
+        cursor = base64.urlsafe_b64encode(orjson.dumps([last["requests"], last["name"]])).decode().rstrip("=")
+    return {"total": total, "next_cursor": cursor}
+
+
+async def _large_json(payload: dict[str, Any]) -> web.Response:
+    """Encoded in a thread: a page of a thousand rows is milliseconds of work the relay's loop should not do."""
+    body = await asyncio.to_thread(orjson.dumps, payload)
+    return web.Response(body=body, content_type="application/json")
+
+
 async def models(request: web.Request) -> web.Response:
     analytics = _analytics(request)
-    if analytics.request_log is None:
-        return web.json_response({"source": "since_start", "models": analytics.live.per_model()})
     try:
-        rows = await _in_thread(analytics.request_log.store.per_model)
+        limit, after = _page_params(request)
+    except BadParameter as exc:
+        return error(400, str(exc))
+    if analytics.request_log is None:
+        rows, total = analytics.live.per_model(limit, after)
+        return await _large_json({"source": "since_start", "models": rows, **_page(rows, limit, total)})
+    try:
+        rows, total = await _in_thread(analytics.request_log.store.per_model, limit, after)
     except StoreError as exc:
         return _database_error(analytics.request_log, exc)
-    return web.json_response({"source": "request_log", "models": rows})
+    return await _large_json({"source": "request_log", "models": rows, **_page(rows, limit, total)})
 
 
 async def logs(request: web.Request) -> web.Response:
@@ -245,10 +284,14 @@ async def clients(request: web.Request) -> web.Response:
     if isinstance(request_log, web.Response):
         return request_log
     try:
-        rows = await _in_thread(request_log.store.per_client)
+        limit, after = _page_params(request)
+    except BadParameter as exc:
+        return error(400, str(exc))
+    try:
+        rows, total = await _in_thread(request_log.store.per_client, limit, after)
     except StoreError as exc:
         return _database_error(request_log, exc)
-    return web.json_response({"header": analytics.client_header, "clients": rows})
+    return await _large_json({"header": analytics.client_header, "clients": rows, **_page(rows, limit, total)})
 
 
 async def delete_logs(request: web.Request) -> web.Response:

@@ -94,8 +94,12 @@ class LiveStats:
             "models_in_use": sorted(self.models),
         }
 
-    def per_model(self) -> list[dict[str, Any]]:
-        rows = sorted(self.models.items(), key=lambda item: -item[1].requests)
+    def per_model(self, limit: int, after: tuple[int, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """One page, ordered as the request log's: most requests first, ties by name."""
+        ordered = sorted(self.models.items(), key=lambda item: (-item[1].requests, item[0]))
+        if after is not None:
+            ordered = [(name, t) for name, t in ordered if (-t.requests, name) > (-after[0], after[1])]
+        rows = ordered[:limit]
         return [
             {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
              "generation_tokens": t.generation_tokens,
@@ -105,4 +109,4 @@ class LiveStats:
              "errors": t.errors, "client_errors": t.client_errors, "error_ratio": t.errors / t.requests,
              "last_used_ms": int(t.last_used * 1000)}
             for name, t in rows
-        ]
+        ], len(self.models)

@@ -232,31 +232,40 @@ class Store:
             return [(int(bucket) * step_ms, int(n), int(tokens), float(duration), int(errs))
                     for bucket, n, tokens, duration, errs in cursor.fetchall()]
 
-    def per_model(self) -> list[dict[str, Any]]:
-        return self._grouped("model")
+    def per_model(self, limit: int, after: tuple[int, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        return self._grouped("model", limit, after)
 
-    def per_client(self) -> list[dict[str, Any]]:
-        return self._grouped("client_identity")
+    def per_client(self, limit: int, after: tuple[int, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        return self._grouped("client_identity", limit, after)
 
-    def _grouped(self, column: str) -> list[dict[str, Any]]:
+    def _grouped(self, column: str, limit: int, after: tuple[int, str] | None) -> tuple[list[dict[str, Any]], int]:
+        """One page of per-``column`` totals, most requests first (ties by name), after the (requests, name) of
+        the previous page's last row; and how many names there are in all."""
+        having, params = "", []
+        if after is not None:
+            having = "HAVING COUNT(*) < ? OR (COUNT(*) = ? AND {column} > ?) "
+            params = [after[0], after[0], after[1]]
         statement = (
             f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(generation_tokens), 0), "
             "COALESCE(SUM(generation_tokens_estimated), 0), AVG(duration_seconds), "
             "SUM(CASE WHEN eval_seconds IS NOT NULL THEN COALESCE(generation_tokens, 0) ELSE 0 END), "
             f"SUM(eval_seconds), {_count_of(ERROR_OUTCOMES)}, {_count_of(CLIENT_ERROR_OUTCOMES)}, MAX(started_ms) "
-            f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY COUNT(*) DESC"
+            f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column} {having.format(column=column)}"
+            f"ORDER BY COUNT(*) DESC, {column} LIMIT ?"
         )
         with self._cursor() as cursor:
-            cursor.execute(statement)
+            cursor.execute(self._sql(statement), (*params, limit))
+            rows = cursor.fetchall()
+            cursor.execute(f"SELECT COUNT(DISTINCT {column}) FROM requests")
+            total = int(cursor.fetchone()[0])
             return [
                 {"name": name, "requests": int(n), "prompt_tokens": int(prompt), "generation_tokens": int(generated),
                  "generation_tokens_estimated": int(estimated), "average_duration_seconds": float(average or 0),
                  "decode_tokens_per_second": float(decoded) / float(evals) if evals else None,
                  "errors": int(errs), "client_errors": int(client_errs), "error_ratio": int(errs) / int(n),
                  "last_used_ms": int(last)}
-                for name, n, prompt, generated, estimated, average, decoded, evals, errs, client_errs, last
-                in cursor.fetchall()
-            ]
+                for name, n, prompt, generated, estimated, average, decoded, evals, errs, client_errs, last in rows
+            ], total
 
     def _filters(self, filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
         clauses, params = [], []

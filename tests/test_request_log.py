@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.server import start
-from ollama_metrics_proxy.store import SqliteStore
+from ollama_metrics_proxy.store import SqliteStore, UsageRecord, open_store
 from ollama_metrics_proxy.telemetry import Samplers
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import ROUTES, UNKNOWN_MODEL, FakeOllama, rec
@@ -407,3 +407,42 @@ async def test_a_given_hash_key_makes_identities_agree_across_proxies_and_restar
     expected = hmac.new(key.encode(), b"sk-team-token-42", hashlib.sha256).hexdigest()[:16]
     assert identities == ["hmac-sha256:" + expected] * 2
     assert not (tmp_path / "client-identity.key").exists()  # a given key is never written down
+
+
+async def test_models_and_clients_are_paged_top_first(
+    fake: FakeOllama, log_db: str, http: aiohttp.ClientSession,
+) -> None:
+    """40,000 distinct models in the log: one page is the top 100 by requests, and the cursor walks the rest."""
+    path = log_db
+    store = open_store(path)
+    now = int(time.time() * 1000)
+    records = [UsageRecord(started_ms=now, endpoint="/api/generate", model=f"model-{index:05d}:latest",
+                           outcome="success", status=200, client_address="127.0.0.1",
+                           client_identity=f"user-{index:05d}", prompt_tokens=1, cached_tokens=None,
+                           generation_tokens=1, duration_seconds=0.1, ttft_seconds=None, load_seconds=None,
+                           prompt_eval_seconds=None, eval_seconds=None, done_reason="stop", bytes_in=1,
+                           bytes_out=1, proxy="test")
+               for index in range(40_000) for _ in range(2 if index < 3 else 1)]
+    store.insert(records)
+    store.close()
+    proxy = await start_proxy(fake, path, client_header="X-User")
+    try:
+        async with http.get(proxy.metrics_url + "/-/models") as response:
+            body = await response.read()
+            first = json.loads(body)
+        assert len(body) < 100_000 and len(first["models"]) == 100 and first["total"] == 40_000
+        assert [m["name"] for m in first["models"][:3]] == [f"model-0000{i}:latest" for i in range(3)]
+        assert [m["requests"] for m in first["models"][:4]] == [2, 2, 2, 1]
+        seen, cursor = [], None
+        while True:
+            query = "?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+            _, page = await get(http, proxy.metrics_url + "/-/clients" + query)
+            seen += [client["name"] for client in page["clients"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) == 40_000
+        status, bad = await get(http, proxy.metrics_url + "/-/models?cursor=bm90LWpzb24")
+        assert status == 400 and "cursor" in bad["error"]
+    finally:
+        await proxy.running.stop()

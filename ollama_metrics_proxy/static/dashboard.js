@@ -115,7 +115,7 @@ async function refreshHistory() {
 }
 
 async function refreshModels() {
-  const { body } = await getJson("/-/models");
+  const { body } = await getJson("/-/models?limit=20");  // the top rows only: a log may hold thousands of models
   fillTable("models", body.models, [
     (m) => m.name, (m) => fmt.int(m.requests), (m) => fmt.int(m.prompt_tokens), (m) => fmt.int(m.generation_tokens),
     (m) => fmt.secs(m.average_duration_seconds),
