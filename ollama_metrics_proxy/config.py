@@ -72,6 +72,7 @@ class Config:
     openai_usage: str = "off"
     client_hash_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    shutdown_grace: float = 8.0
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -100,6 +101,7 @@ class Config:
             "openai_usage": self.openai_usage,
             "client_hash_key": "set" if self.client_hash_key else "kept beside the request log",
             "allowed_hosts": ",".join(self.allowed_hosts) or "this machine's names and addresses",
+            "shutdown_grace": self.shutdown_grace,
         }
 
 
@@ -179,6 +181,16 @@ def parse_positive_float(text: str) -> float:
         raise ConfigError(f"must be a number of seconds, got {text!r}") from None
     if not value > 0:
         raise ConfigError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def parse_non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 86_400:
+        raise ConfigError(f"must be from 0 to 86400 seconds, got {text!r}")
     return value
 
 
@@ -330,6 +342,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("shutdown_grace", "--shutdown-grace", parse_non_negative_float, "8",
+           "seconds that requests in flight may take to finish after SIGTERM before they are cut (the whole "
+           "stop takes at most this plus 2; the default fits docker stop's 10)"),
     Option("allowed_hosts", "--allowed-hosts", parse_host_list, "",
            "more Host names both listeners answer, comma-separated (.example.com for a domain, * for any); "
            "by default only this machine's names and addresses, against DNS rebinding"),

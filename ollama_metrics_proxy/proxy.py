@@ -80,6 +80,7 @@ class Proxy:
         self._capture_content = capture_content
         self._inject_openai_usage = inject_openai_usage
         self._host_allowed = host_allowed
+        self._handlers: set[asyncio.Task[object]] = set()  # requests in flight, for a graceful shutdown
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self._host_allowed is not None and not self._host_allowed(request.headers.get(hdrs.HOST)):
@@ -98,6 +99,9 @@ class Proxy:
             exchange.captured_request, exchange.captured_response = bytearray(), bytearray()
         body = RequestBody(request, exchange)
         in_flight = ""
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
                 await _continue(request)
@@ -117,6 +121,23 @@ class Proxy:
         finally:
             exchange.finish(Outcome.SUCCESS, self._clock())
             self._recorder.finish(exchange, in_flight)
+            self._handlers.discard(task)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._handlers)
+
+    async def drain(self, grace: float, cancel_wait: float) -> None:
+        """Shutting down: wait up to ``grace`` seconds for the requests in flight, then cancel the rest (each is
+        recorded as aborted, unless its reply was already complete) and give them ``cancel_wait`` to do so."""
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=grace)
+        left = set(self._handlers)
+        if left:
+            log.warning("shutdown grace over: cutting %d requests still in flight", len(left))
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=cancel_wait)
 
     async def _relay(self, request: web.BaseRequest, exchange: Exchange, body: RequestBody) -> web.StreamResponse:
         upstream_url = self._upstream.base_url

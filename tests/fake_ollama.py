@@ -94,6 +94,7 @@ class FakeOllama:
     delay: float = 0.0  # seconds before each chunk after the first
     die_after: int | None = None  # cut the connection after this many chunks
     gate: asyncio.Event | None = None  # when set up, the stream pauses after its first chunk until opened
+    gated_paths: set[str] | None = None  # the gate holds only these paths (None: every path)
     headers_gate: asyncio.Event | None = None  # when set up, nothing is sent until opened (a queued request)
     eof_delay: float = 0.0  # seconds between the last chunk and the end of the body (the chunked terminator)
     override: dict[str, Recording] = field(default_factory=dict)  # path -> recording, whatever the request
@@ -165,7 +166,7 @@ class FakeOllama:
                 return
             if index and self.delay:
                 await asyncio.sleep(self.delay)
-            if index == 1 and self.gate is not None:
+            if index == 1 and self.gate is not None and (self.gated_paths is None or request.path in self.gated_paths):
                 await self.gate.wait()
             await response.write(chunk)
         if self.eof_delay:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -21,7 +23,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.fake_ollama import FakeOllama
+from tests.fake_ollama import FakeOllama, rec
 
 STARTED = re.compile(r"Ollama API on http://127\.0\.0\.1:(\d+) .* metrics on http://127\.0\.0\.1:(\d+)/metrics")
 ONE_GIB = 1024**3
@@ -228,3 +230,43 @@ async def test_upstream_credentials_are_never_shown(fake: FakeOllama, dead_upstr
     assert [body for body in bodies if secret in body] == []
     assert any("ops:***@" in body for body in bodies[:3]) and any("ops:***@" in body for body in bodies[4:])
     assert fake.seen[0].headers["Authorization"].startswith("Basic ")  # still sent to Ollama, as it should
+
+
+async def test_sigterm_lets_requests_finish_within_the_grace_then_cuts_and_records_the_rest(
+    fake: FakeOllama, tmp_path: Path,
+) -> None:
+    """A stream that finishes within the grace is a success, streams still running at the deadline are cut and
+    recorded as aborted, every request is written, and the process is gone within the grace plus 2 s."""
+    database = tmp_path / "log.sqlite3"
+    process = ProxyProcess("--upstream", fake.url, "--log-db", str(database), "--shutdown-grace", "1.5")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.post(process.api_url + "/api/generate", json={"model": "llama3.2"}) as response:
+                await response.read()
+        fake.gate, fake.gated_paths = asyncio.Event(), {"/api/chat"}  # chats hold after their first line
+        held = [await http.post(process.api_url + "/api/chat", json={"model": "llama3.2"}) for _ in range(2)]
+        for response in held:
+            await response.content.readline()
+        fake.delay = 0.25  # a generation still running at SIGTERM, done about 0.75 s later
+
+        async def finishing() -> bytes:
+            async with http.post(process.api_url + "/api/generate", json={"model": "llama3.2"}) as response:
+                return await response.read()
+
+        late = asyncio.create_task(finishing())
+        await asyncio.sleep(0.1)
+        sent = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        assert await late == rec("generate_stream.ndjson").body
+        for response in held:
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                await response.read()
+        exit_code = await asyncio.to_thread(process.process.wait, 10)
+        elapsed = time.monotonic() - sent
+    log = process.stop()
+    assert exit_code == 0 and "Traceback" not in log
+    assert "cutting 2 requests still in flight" in log
+    assert elapsed <= 1.5 + 2, f"stopping took {elapsed:.1f} s"
+    with sqlite3.connect(database) as db:
+        outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome").fetchall())
+    assert outcomes == {"success": 6, "aborted": 2}, outcomes
