@@ -20,6 +20,8 @@ MAX_CHUNK_LINE_BYTES: Final = 4096  # a chunk-size line with extensions; real on
 # Reads from this size up (several token chunks) try ``whole_chunks``; below, the loop is cheaper.
 WHOLE_CHUNKS_MIN_BYTES: Final = 512
 HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
+# field-vchar, SP and HTAB (RFC 9110 §5.5), and obs-text: every byte but the other control characters and DEL.
+FIELD_VALUE_CHARS: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 TOKEN_CHARS: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 # Body framing, decided from the head (RFC 9112 §6.3).
@@ -55,6 +57,11 @@ class ResponseHead:
         """The first value of a header, by case-insensitive name."""
         name = name.lower()
         return next((value for key, value in self.headers if key.lower() == name), None)
+
+    def without(self, name: str) -> ResponseHead:
+        name = name.lower()
+        kept = [(key, value) for key, value in self.headers if key.lower() != name]
+        return self if len(kept) == len(self.headers) else ResponseHead(self.version, self.status, self.reason, kept)
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated element of every header with this name, lower-cased and stripped."""
@@ -154,22 +161,29 @@ class ResponseParser:
         return data
 
     def _start_body(self, head: ResponseHead) -> None:
-        self.head = head
-        connection = head.values("connection")
-        self.keep_alive = head.version == "1.1" and "close" not in connection
+        """Decide the body's framing (RFC 9112 §6.3) before the head is accepted: a head whose framing is
+        invalid fails as a whole, so the client gets a 502 and not a 200 followed by a cut connection."""
         transfer_codings = head.values("transfer-encoding")
+        keep_alive = head.version == "1.1" and "close" not in head.values("connection")
+        left = 0
         if self._head_only or head.status in (204, 304):
-            self.framing = NO_BODY
+            framing = NO_BODY
         elif transfer_codings:
             if transfer_codings != ["chunked"]:
                 raise MalformedResponse(f"used the transfer coding {', '.join(transfer_codings)!r}; "
                                         "only 'chunked' is supported")
-            self.framing = CHUNKED
+            framing = CHUNKED
+            # Chunked wins over Content-Length, which must then not reach the client (§6.3 rule 3), and the
+            # connection is not reused (a sender that contradicts itself may be out of step).
+            without_length = head.without("content-length")
+            keep_alive = keep_alive and without_length is head
+            head = without_length
         elif (length := content_length(head)) is not None:
-            self.framing, self._left = LENGTH, length
+            framing, left = LENGTH, length
         else:
-            self.framing, self.keep_alive = UNTIL_CLOSE, False
-        if self.framing == NO_BODY or (self.framing == LENGTH and self._left == 0):
+            framing, keep_alive = UNTIL_CLOSE, False
+        self.head, self.framing, self._left, self.keep_alive = head, framing, left, keep_alive
+        if framing == NO_BODY or (framing == LENGTH and left == 0):
             self.complete = True
 
     # ---------------------------------------------------------------- bodies
@@ -290,13 +304,17 @@ def parse_head(block: bytes) -> ResponseHead:
     status_line = lines[0]
     version, _, rest = status_line.partition(b" ")
     code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    if (version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit()
+            or not 100 <= int(code) <= 599 or reason.translate(None, FIELD_VALUE_CHARS)):
         raise MalformedResponse(f"sent a bad status line: {status_line[:100]!r}")
     headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or not TOKEN_CHARS.issuperset(name):
             raise MalformedResponse(f"sent a bad header line: {line[:100]!r}")
+        if value.translate(None, FIELD_VALUE_CHARS):  # CR, LF, NUL or another control character
+            raise MalformedResponse(f"sent a control character in the header {name.decode('ascii')!r}: "
+                                    f"{line[:100]!r}")
         headers.append((name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")))
     return ResponseHead(version[5:].decode("ascii"), int(code), reason.decode("latin-1"), headers)
 
