@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.server import start
+from ollama_metrics_proxy.server import RunningProxy, start
 from tests.conftest import ProxyUnderTest, config_for
 from tests.test_relay import wait_for
 from tests.test_upstream_client import Upstream, answer_every_request
@@ -24,10 +24,13 @@ from tests.test_upstream_client import Upstream, answer_every_request
 BODY = b'{"model":"llama3.2","response":"hello world","done":true}'
 
 
+RelayTo = Callable[[bytes], Awaitable[tuple[Upstream, ProxyUnderTest]]]
+
+
 @pytest.fixture
-async def relay_to() -> AsyncIterator[object]:
+async def relay_to() -> AsyncIterator[RelayTo]:
     """Starts a proxy in front of a raw upstream answering every request with the given bytes."""
-    started: list[tuple[Upstream, object]] = []
+    started: list[tuple[Upstream, RunningProxy]] = []
 
     async def start_for(reply: bytes) -> tuple[Upstream, ProxyUnderTest]:
         upstream = Upstream(await answer_every_request(reply))
@@ -38,7 +41,7 @@ async def relay_to() -> AsyncIterator[object]:
 
     yield start_for
     for upstream, running in started:
-        await running.stop()  # type: ignore[attr-defined]
+        await running.stop()
         await upstream.__aexit__()
 
 
@@ -46,10 +49,10 @@ def chunked(body: bytes) -> bytes:
     return b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
 
 
-async def test_content_length_with_chunked_is_dropped_and_the_body_arrives_whole(relay_to: object) -> None:
+async def test_content_length_with_chunked_is_dropped_and_the_body_arrives_whole(relay_to: RelayTo) -> None:
     reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
              b"Transfer-Encoding: chunked\r\n\r\n" + chunked(BODY))
-    upstream, proxy = await relay_to(reply)  # type: ignore[operator]
+    _, proxy = await relay_to(reply)
     async with aiohttp.ClientSession() as http, http.post(proxy.url + "/api/generate", data=b"{}") as response:
         assert response.status == 200 and "Content-Length" not in response.headers
         assert await response.read() == BODY
@@ -75,8 +78,8 @@ async def test_content_length_with_chunked_is_dropped_and_the_body_arrives_whole
     (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\nContent-Length: 0\r\n\r\n", "bad header line"),
     (b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", "bad header line"),
 ])
-async def test_an_invalid_head_is_a_502_before_any_byte(relay_to: object, head: bytes, reason: str) -> None:
-    upstream, proxy = await relay_to(head)  # type: ignore[operator]
+async def test_an_invalid_head_is_a_502_before_any_byte(relay_to: RelayTo, head: bytes, reason: str) -> None:
+    _, proxy = await relay_to(head)
     async with aiohttp.ClientSession() as http, http.post(proxy.url + "/api/chat", data=b"{}") as response:
         status, body = response.status, await response.read()
     assert status == 502, body
