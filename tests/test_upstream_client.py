@@ -136,11 +136,55 @@ async def idle_close_on_second_request(upstream: Upstream, reader: asyncio.Strea
         await writer.drain()
 
 
-async def test_a_pooled_connection_closed_under_the_request_is_retried_on_another() -> None:
+async def test_a_get_on_a_pooled_connection_closed_under_it_is_sent_again() -> None:
     async with Upstream(idle_close_on_second_request) as upstream, client_for(upstream.url) as client:
-        assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"
-        assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"
+        assert await body_of(await client.request("GET", "/api/tags", [])) == b"ok"
+        assert await body_of(await client.request("GET", "/api/tags", [])) == b"ok"
         assert upstream.connections == 2 and len(upstream.heads) == 3
+
+
+@pytest.mark.parametrize("path", ["/api/pull", "/api/generate", "/api/create"])
+async def test_a_post_is_never_sent_twice(path: str) -> None:
+    """The upstream read the POST and closed without answering: it may have started a pull or a generation, so
+    the request fails instead of running again (it did run twice: the upstream logged a POST /api/pull twice)."""
+    async with Upstream(idle_close_on_second_request) as upstream, client_for(upstream.url) as client:
+        assert await body_of(await client.request("POST", path, [], b"{}")) == b"ok"
+        with pytest.raises(ResponseFailed, match="closed the connection"):
+            await client.request("POST", path, [], b"{}")
+        assert [head.split(b" ")[0] for head in upstream.heads] == [b"POST", b"POST"]  # once each, not thrice
+
+
+async def test_a_post_with_an_idempotency_key_may_be_sent_again() -> None:
+    async with Upstream(idle_close_on_second_request) as upstream, client_for(upstream.url) as client:
+        key = [("Idempotency-Key", "a1b2")]
+        assert await body_of(await client.request("POST", "/api/chat", key, b"{}")) == b"ok"
+        assert await body_of(await client.request("POST", "/api/chat", key, b"{}")) == b"ok"
+        assert upstream.connections == 2
+
+
+async def close_after_answering(upstream: Upstream, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+    """Claims keep-alive but closes right after each answer (an idle timeout of zero, in effect)."""
+    if await upstream.read_request(reader) is not None:
+        writer.write(OK)
+        await writer.drain()
+
+
+async def test_a_pooled_connection_the_upstream_already_closed_is_not_used() -> None:
+    """The close arrives with the answer; the next request, sent at once, must not go out on that socket."""
+    async with Upstream(close_after_answering) as upstream, client_for(upstream.url) as client:
+        for _ in range(5):
+            assert await body_of(await client.request("POST", "/api/generate", [], b"{}")) == b"ok"
+        assert upstream.connections == 5 and len(upstream.heads) == 5
+
+
+async def test_connections_retire_before_the_upstreams_keep_alive_timeout() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok"
+    async with Upstream(await answer_every_request(reply)) as upstream, client_for(upstream.url) as client:
+        assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"
+        await asyncio.sleep(0.05)  # timeout=1 minus the one-second margin: not to be reused at all
+        assert await body_of(await client.request("POST", "/api/chat", [], b"{}")) == b"ok"
+        assert upstream.connections == 2
 
 
 async def test_a_streamed_body_is_never_sent_twice() -> None:

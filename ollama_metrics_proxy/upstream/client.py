@@ -28,6 +28,12 @@ from ollama_metrics_proxy.upstream.errors import ConnectFailed, ConnectTimeout, 
 from ollama_metrics_proxy.upstream.http1 import ResponseHead, ResponseParser, request_head
 
 IDLE_SECONDS: Final = 15.0  # aiohttp's keep-alive default; Ollama itself never closes idle connections
+# A request on a pooled connection that the upstream closed without answering is sent again only when sending it
+# twice is harmless: the methods Go's net/http and urllib3 replay, or a request carrying an idempotency key.
+# A POST may have started a generation, a pull or a create before the connection died.
+REPLAYABLE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+IDEMPOTENCY_HEADERS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
+KEEP_ALIVE_MARGIN_SECONDS: Final = 1.0  # retire a connection this long before the upstream's announced timeout
 Body = bytes | AsyncIterator[bytes] | None
 
 
@@ -86,7 +92,8 @@ class UpstreamClient:
         head. ``headers`` are forwarded as given; Host, framing and the URL's credentials are added here."""
         headers, chunked = self._complete_headers(headers, body)
         head = request_head(method, self._path_prefix + target, self._host_header, headers)
-        retry_allowed = not isinstance(body, AsyncIterator)  # a streamed body cannot be sent twice
+        retry_allowed = not isinstance(body, AsyncIterator) and (  # a streamed body cannot be sent twice
+            method in REPLAYABLE_METHODS or any(name.lower() in IDEMPOTENCY_HEADERS for name, _ in headers))
         while True:
             connection, reused = await self._acquire()
             connection.begin(ResponseParser(head_request=method == "HEAD"))
@@ -104,7 +111,7 @@ class UpstreamClient:
                 if sender is not None:
                     sender.cancel()
                 if reused and retry_allowed and not connection.received_any:
-                    continue  # the upstream closed this idle connection as we sent: try another, or a new one
+                    continue  # the upstream closed this idle connection as we sent: send it again
                 if isinstance(exc, ResponseFailed):
                     raise
                 raise ResponseFailed("closed the connection before answering") from exc
@@ -116,8 +123,11 @@ class UpstreamClient:
             return UpstreamResponse(self, connection, response_head, sender)
 
     def put_back(self, connection: Connection) -> None:
+        head = connection.parser.head if connection.parser is not None else None
+        now = asyncio.get_running_loop().time()
         connection.parser = None
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = now
+        connection.retire_at = now + _idle_allowance(head)
         self._idle.append(connection)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._sweep)
@@ -150,10 +160,14 @@ class UpstreamClient:
         return (headers + extra if extra else headers), chunked
 
     async def _acquire(self) -> tuple[Connection, bool]:
+        """A pooled connection that is still good, else a new one. Stale ones are avoided rather than retried:
+        one past the upstream's keep-alive timeout, or whose socket already shows the upstream's close."""
+        now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to have been closed
-            if not connection.closed:
+            if connection.retire_at > now and not connection.shows_close():
                 return connection, True
+            connection.close()
         return await self._connect(), False
 
     async def _connect(self) -> Connection:
@@ -174,8 +188,9 @@ class UpstreamClient:
         self._sweeper = None
         deadline = asyncio.get_running_loop().time() - IDLE_SECONDS
         keep = []
+        now = asyncio.get_running_loop().time()
         for connection in self._idle:
-            if connection.idle_since < deadline or connection.closed:
+            if connection.idle_since < deadline or connection.closed or connection.retire_at <= now:
                 connection.close()
             else:
                 keep.append(connection)
@@ -199,6 +214,19 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     """A failed body upload shows up as the response failing; do not also log it as unretrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def _idle_allowance(head: ResponseHead | None) -> float:
+    """How long a connection may wait in the pool: IDLE_SECONDS, or less when the upstream (or a proxy in front
+    of it) announced ``Keep-Alive: timeout=N``."""
+    for item in head.values("keep-alive") if head is not None else ():
+        name, _, value = item.partition("=")
+        if name.strip() == "timeout":
+            try:
+                return max(min(float(value) - KEEP_ALIVE_MARGIN_SECONDS, IDLE_SECONDS), 0.0)
+            except ValueError:
+                break
+    return IDLE_SECONDS
 
 
 def _basic_auth(username: str | None, password: str | None) -> str | None:

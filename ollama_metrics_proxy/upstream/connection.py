@@ -9,6 +9,7 @@ writer wait while the socket's buffer is full. A fault becomes ``ResponseFailed`
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from typing import Final, cast
 
@@ -34,6 +35,7 @@ class Connection(asyncio.Protocol):
         "idle_since",
         "parser",
         "received_any",
+        "retire_at",
         "transport",
     )
 
@@ -43,6 +45,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.received_any = False  # any byte of the current response: decides whether a retry is safe
         self.idle_since = 0.0
+        self.retire_at = 0.0  # loop time after which the pool no longer hands it out
         self._loop = asyncio.get_running_loop()
         self._body: deque[bytes] = deque()
         self._buffered = 0
@@ -144,6 +147,22 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         return (not self.closed and parser is not None and parser.complete and parser.keep_alive
                 and not parser.extra_bytes and not self._body)
+
+    def shows_close(self) -> bool:
+        """Whether an idle connection's socket is readable: the upstream's close (or stray bytes) arrived and the
+        event loop has not run its callbacks yet. One poll of the socket, no waiting."""
+        if self.closed or self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        try:
+            descriptor = sock.fileno() if sock is not None else -1
+        except (OSError, ValueError):
+            return True
+        if descriptor < 0:
+            return sock is not None
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         self.closed = True
