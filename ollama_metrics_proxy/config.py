@@ -73,6 +73,9 @@ class Config:
     client_hash_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     shutdown_grace: float = 8.0
+    max_connections: int = 0  # 0: from the open-file limit, two descriptors per request in flight
+    idle_timeout: float = 75.0
+    request_head_timeout: float = 10.0
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -102,6 +105,9 @@ class Config:
             "client_hash_key": "set" if self.client_hash_key else "kept beside the request log",
             "allowed_hosts": ",".join(self.allowed_hosts) or "this machine's names and addresses",
             "shutdown_grace": self.shutdown_grace,
+            "max_connections": self.max_connections or "from the open-file limit",
+            "idle_timeout": self.idle_timeout,
+            "request_head_timeout": self.request_head_timeout,
         }
 
 
@@ -192,6 +198,12 @@ def parse_non_negative_float(text: str) -> float:
     if not 0 <= value <= 86_400:
         raise ConfigError(f"must be from 0 to 86400 seconds, got {text!r}")
     return value
+
+
+def parse_connection_limit(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return 0
+    return parse_positive_int(text)
 
 
 def parse_positive_int(text: str) -> int:
@@ -342,6 +354,13 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("max_connections", "--max-connections", parse_connection_limit, "auto",
+           "most client connections the API port holds at once; more are answered 503 and counted "
+           "(auto: half the open-file limit left after a reserve, as each request uses two descriptors)"),
+    Option("idle_timeout", "--idle-timeout", parse_positive_float, "75",
+           "seconds a client connection may stay idle between requests (nginx's default keep-alive)"),
+    Option("request_head_timeout", "--request-head-timeout", parse_positive_float, "10",
+           "seconds a new connection has to send its first request head (against slowloris)"),
     Option("shutdown_grace", "--shutdown-grace", parse_non_negative_float, "8",
            "seconds that requests in flight may take to finish after SIGTERM before they are cut (the whole "
            "stop takes at most this plus 2; the default fits docker stop's 10)"),

@@ -277,6 +277,14 @@ class TrafficMetrics:
             "Requests refused before anything was forwarded or answered, by listener (api, metrics) and reason "
             "(host: a Host header naming another machine, as DNS rebinding sends).", ("listener", "reason"),
             registry=registry)
+        self.refused_connections = Counter(
+            "ollama_metrics_proxy_refused_connections_total",
+            "Client connections closed by the proxy, by listener and reason: max_connections (answered 503 at "
+            "the cap) or head_timeout (no complete request head in time).", ("listener", "reason"),
+            registry=registry)
+        self.open_connections = Gauge(
+            "ollama_metrics_proxy_open_connections", "Client connections open now, by listener.", ("listener",),
+            registry=registry)
         self.internal_errors = Counter(
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",

@@ -25,6 +25,14 @@ from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
 from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback
 from ollama_metrics_proxy.identity import ClientIdentity, load_key
 from ollama_metrics_proxy.labels import ModelLabels
+from ollama_metrics_proxy.listener import (
+    METRICS_MAX_CONNECTIONS,
+    ConnectionGuard,
+    GuardedSite,
+    default_max_connections,
+    raise_open_file_limit,
+    refusal_response,
+)
 from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
@@ -141,10 +149,14 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
                       host_allowed=api_host_check(config))
         # The API port has one handler for every path: aiohttp's low-level server, without the application's
         # router and middleware machinery, which would cost every request and add nothing here.
-        api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None)
+        api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None,
+                                keepalive_timeout=config.idle_timeout)
         running.proxy = proxy
         api_runner = web.ServerRunner(api_server, shutdown_timeout=CONNECTION_CLOSE_SECONDS)
-        running.proxy_address = await _serve(running, api_runner, config.listen, "--listen")
+        limit = config.max_connections or default_max_connections()
+        api_guard = guard_for(metrics, "api", limit, config.request_head_timeout,
+                              f"ollama-metrics-proxy: too many connections (--max-connections {limit}); try again")
+        running.proxy_address = await _serve(running, api_runner, config.listen, "--listen", api_guard)
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
         metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
@@ -152,8 +164,12 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
                                         host_allowed=metrics_hosts.allows,
                                         on_refused=metrics.refused.labels("metrics", "host").inc)
         metrics_runner = web.AppRunner(metrics_app, handler_cancellation=True, access_log=None,
-                                       shutdown_timeout=CONNECTION_CLOSE_SECONDS)
-        running.metrics_address = await _serve(running, metrics_runner, config.metrics_listen, "--metrics-listen")
+                                       shutdown_timeout=CONNECTION_CLOSE_SECONDS,
+                                       keepalive_timeout=config.idle_timeout)
+        metrics_guard = guard_for(metrics, "metrics", METRICS_MAX_CONNECTIONS, config.request_head_timeout,
+                                  "ollama-metrics-proxy: too many connections to the metrics listener")
+        running.metrics_address = await _serve(running, metrics_runner, config.metrics_listen, "--metrics-listen",
+                                               metrics_guard)
     except BaseException:
         await running.stop()
         raise
@@ -205,12 +221,21 @@ async def _check_request_log(request_log: RequestLog) -> None:
         log.info("request log: writing to %s", request_log.store.describe())
 
 
-async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPort, flag: str) -> HostPort:
+def guard_for(metrics: TrafficMetrics, listener: str, limit: int, head_timeout: float,
+              message: str) -> ConnectionGuard:
+    guard = ConnectionGuard(limit, head_timeout, refusal_response(message),
+                            on_refused=lambda reason: metrics.refused_connections.labels(listener, reason).inc())
+    metrics.open_connections.labels(listener).set_function(lambda: guard.open)
+    return guard
+
+
+async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPort, flag: str,
+                 guard: ConnectionGuard) -> HostPort:
     # handler_cancellation (set on both runners): a client that disconnects cancels its handler at once, which
     # closes the upstream connection, so Ollama stops generating even while no bytes are flowing.
     await runner.setup()
     running.runners.append(runner)
-    site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+    site = GuardedSite(runner, address.host, address.port, guard)
     try:
         await site.start()
     except OSError as exc:
@@ -241,6 +266,9 @@ def tune_garbage_collector() -> None:
 
 
 async def serve_forever(config: Config) -> None:
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("open-file limit raised from %d to %d", before, after)
     running = await start(config)
     tune_garbage_collector()
     log.info(

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -30,13 +31,14 @@ ONE_GIB = 1024**3
 
 
 class ProxyProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="omp-process-"))  # its default request log lives here
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ollama_metrics_proxy", "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**_clean_env(self.home), **(env or {})}, cwd=Path(__file__).parent.parent,
+            env={**_clean_env(self.home), **(env or {})}, cwd=Path(__file__).parent.parent, preexec_fn=preexec,
         )
         self.log_lines: list[str] = []
         self.api_url, self.metrics_url = self._wait_for_start()
@@ -270,3 +272,55 @@ async def test_sigterm_lets_requests_finish_within_the_grace_then_cuts_and_recor
     with sqlite3.connect(database) as db:
         outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome").fetchall())
     assert outcomes == {"success": 6, "aborted": 2}, outcomes
+
+
+def _with_open_file_limit(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+async def test_a_connection_flood_under_1024_open_files_leaves_the_proxy_serving(
+    fake: FakeOllama, tmp_path: Path,
+) -> None:
+    """1,000 idle connections and 300 half-sent heads against a proxy limited to 1024 open files: the metrics
+    listener keeps answering, connections over the cap get a 503 at once, half-sent heads and silent
+    connections are closed after --request-head-timeout, and then the API serves again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # room for this test's sockets
+    process = ProxyProcess("--upstream", fake.url, "--log-db", str(tmp_path / "log.sqlite3"),
+                           "--request-head-timeout", "2", preexec=lambda: _with_open_file_limit(1024))
+    port = int(process.api_url.rsplit(":", 1)[1])
+    writers: list[asyncio.StreamWriter] = []
+    refused = 0
+    try:
+        for index in range(1300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            if index >= 1000:
+                writer.write(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/js")
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            for path in ("/metrics", "/-/healthy", "/-/ready"):
+                async with http.get(process.metrics_url + path) as response:
+                    assert response.status in (200, 503 if path == "/-/ready" else 200), path
+        # At the cap a new connection is answered at once: a 503 in Ollama's error shape, then closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"too many connections" in answer
+        for writer in writers:
+            writer.close()
+        writers.clear()
+        await asyncio.sleep(2.5)  # the head timeout frees whatever the cap had admitted
+        async with aiohttp.ClientSession() as http:
+            async with http.post(process.api_url + "/api/generate", json={"model": "llama3.2"}) as response:
+                assert response.status == 200 and await response.read() == rec("generate_stream.ndjson").body
+            async with http.get(process.metrics_url + "/metrics") as response:
+                text = await response.text()
+        refused = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith('ollama_metrics_proxy_refused_connections_total{listener="api"'))
+    finally:
+        for writer in writers:
+            writer.close()
+        log = process.stop()
+    assert "Too many open files" not in log and "Traceback" not in log
+    assert refused >= 1300 - 384

@@ -1,0 +1,162 @@
+"""The two listening sockets, each with a bound on what clients may hold open.
+
+A thousand idle keep-alive connections and a few hundred half-sent request heads once used up the process's 1024
+file descriptors, so ``/metrics``, ``/-/healthy`` and new API requests failed. Each listener therefore has:
+
+- a cap on concurrent client connections: one more is answered ``503`` with ``Connection: close`` at once and
+  counted, so a flood of the API port never takes the descriptors the metrics listener needs;
+- a deadline for a connection's first request head (slowloris), after which the connection is closed and counted;
+- aiohttp's keep-alive timeout (``--idle-timeout``), which also closes a connection still waiting for, or
+  midway through, its next request head.
+
+The guard wraps aiohttp's protocol: one extra call per read, nothing per request beyond the first head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import ssl
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+RESERVED_DESCRIPTORS: Final = 256  # the metrics listener's connections, the database, NVML, the poller, logs
+METRICS_MAX_CONNECTIONS: Final = 128  # scrapers, probes and dashboards: a handful at a time
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class ConnectionGuard:
+    def __init__(self, limit: int, head_timeout: float, refusal: bytes,
+                 on_refused: Callable[[str], None] = lambda reason: None) -> None:
+        self.limit = limit
+        self.head_timeout = head_timeout
+        self.refusal = refusal
+        self.on_refused = on_refused
+        self.open = 0
+
+    def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
+        return lambda: _GuardedProtocol(self, factory)
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    __slots__ = ("_counted", "_factory", "_guard", "_inner", "_tail", "_timer")
+
+    def __init__(self, guard: ConnectionGuard, factory: ProtocolFactory) -> None:
+        self._guard = guard
+        self._factory = factory
+        self._inner: asyncio.Protocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard.open >= guard.limit:
+            guard.on_refused("max_connections")
+            cast(asyncio.Transport, transport).write(guard.refusal)  # uvloop's transports subclass none of asyncio's
+            transport.close()
+            return
+        guard.open += 1
+        self._counted = True
+        if guard.head_timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(guard.head_timeout, self._head_late, transport)
+        self._inner = self._factory()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:  # still within the first head: has it ended?
+            joined = self._tail + data
+            if b"\r\n\r\n" in joined or b"\n\n" in joined:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = joined[-3:]
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._counted:
+            self._guard.open -= 1
+            self._counted = False
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def _head_late(self, transport: asyncio.BaseTransport) -> None:
+        self._timer = None
+        self._guard.on_refused("head_timeout")
+        transport.close()
+
+
+def refusal_response(message: str) -> bytes:
+    """A complete 503 sent instead of serving a connection over the cap, in Ollama's error shape."""
+    body = orjson.dumps({"error": message})
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+
+class GuardedSite(web.BaseSite):
+    """aiohttp's TCPSite, with the guard around each connection and optional TLS."""
+
+    __slots__ = ("_guard", "_host", "_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
+                 ssl_context: ssl.SSLContext | None = None, backlog: int = 1024) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._guard = guard
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server: Any = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.wrap(server), self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=True)
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit (the common soft 1024 is far below what a proxy of
+    many streams needs: two descriptors per request in flight). Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1_048_576)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft, soft
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def default_max_connections() -> int:
+    """Two descriptors per proxied request (client and upstream), after a reserve for everything else."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, min((soft - RESERVED_DESCRIPTORS) // 2, 100_000))
