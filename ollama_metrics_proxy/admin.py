@@ -19,6 +19,7 @@ from ollama_metrics_proxy.analytics import Analytics, add_routes
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.sources import SourceHealth
 from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.webconfig import WebConfig
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 POLLER_KEY = web.AppKey("poller", OllamaStatePoller)
@@ -134,11 +135,29 @@ def host_check(allowed: Callable[[str | None], bool], on_refused: Callable[[], N
     return check
 
 
+def basic_auth(config: WebConfig) -> Middleware:
+    """--web-config-file's basic_auth_users guard every path of the metrics listener, as in exporter-toolkit."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if await config.authorized(request.headers.get(hdrs.AUTHORIZATION)):
+            return await handler(request)
+        response = json_response(401, {"error": "this listener needs basic authentication "
+                                                "(a user of --web-config-file's basic_auth_users)"})
+        response.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="ollama-metrics-proxy"'
+        return response
+
+    return check
+
+
 def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, samplers: Samplers,
                       started_at: float, analytics: Analytics,
                       host_allowed: Callable[[str | None], bool] | None = None,
-                      on_refused: Callable[[], None] = lambda: None) -> web.Application:
+                      on_refused: Callable[[], None] = lambda: None,
+                      web_config: WebConfig | None = None) -> web.Application:
     middlewares = [host_check(host_allowed, on_refused)] if host_allowed is not None else []
+    if web_config is not None and web_config.users:
+        middlewares.append(basic_auth(web_config))
     app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(add_security_headers)
     app[REGISTRY_KEY] = registry

@@ -299,7 +299,10 @@ async def delete_logs(request: web.Request) -> web.Response:
     if analytics.admin_token is None:
         return error(403, "mutating endpoints are disabled; start the proxy with --admin-token "
                           "(or OLLAMA_METRICS_PROXY_ADMIN_TOKEN) to enable them")
+    # X-Admin-Token serves when Authorization carries the metrics listener's basic authentication.
     supplied = request.headers.get(hdrs.AUTHORIZATION, "")
+    if "X-Admin-Token" in request.headers:
+        supplied = "Bearer " + request.headers["X-Admin-Token"]
     expected = f"Bearer {analytics.admin_token}"
     # Header bytes that are not UTF-8 arrive as surrogates; compared as the bytes they were, they simply differ.
     if not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode()):

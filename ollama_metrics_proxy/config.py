@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from ollama_metrics_proxy.redact import redact_url
+from ollama_metrics_proxy.webconfig import WebConfigError, load_web_config
 
 ENV_PREFIX = "OLLAMA_METRICS_PROXY_"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
@@ -76,6 +77,7 @@ class Config:
     max_connections: int = 0  # 0: from the open-file limit, two descriptors per request in flight
     idle_timeout: float = 75.0
     request_head_timeout: float = 10.0
+    web_config_file: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line."""
@@ -108,6 +110,7 @@ class Config:
             "max_connections": self.max_connections or "from the open-file limit",
             "idle_timeout": self.idle_timeout,
             "request_head_timeout": self.request_head_timeout,
+            "web_config_file": self.web_config_file or "none (plain HTTP, no authentication)",
         }
 
 
@@ -198,6 +201,17 @@ def parse_non_negative_float(text: str) -> float:
     if not 0 <= value <= 86_400:
         raise ConfigError(f"must be from 0 to 86400 seconds, got {text!r}")
     return value
+
+
+def parse_web_config_file(text: str) -> str | None:
+    path = os.path.expanduser(text.strip())
+    if not path:
+        return None
+    try:
+        load_web_config(path)
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return path
 
 
 def parse_connection_limit(text: str) -> int:
@@ -354,6 +368,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("web_config_file", "--web-config-file", parse_web_config_file, "",
+           "TLS and basic authentication for the metrics listener, in the Prometheus exporter-toolkit "
+           "web-config format (tls_server_config, basic_auth_users with bcrypt hashes)"),
     Option("max_connections", "--max-connections", parse_connection_limit, "auto",
            "most client connections the API port holds at once; more are answered 503 and counted "
            "(auto: half the open-file limit left after a reserve, as each request uses two descriptors)"),

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from ollama_metrics_proxy.sources import SourceUnavailable
 from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
 from ollama_metrics_proxy.upstream import UpstreamClient
+from ollama_metrics_proxy.webconfig import load_web_config
 
 log = logging.getLogger(__name__)
 # After the grace, what is left of shutting down: cancelled handlers record their requests, idle connections close,
@@ -160,16 +162,18 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
         metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
+        web_config = load_web_config(config.web_config_file) if config.web_config_file else None
         metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics,
                                         host_allowed=metrics_hosts.allows,
-                                        on_refused=metrics.refused.labels("metrics", "host").inc)
+                                        on_refused=metrics.refused.labels("metrics", "host").inc,
+                                        web_config=web_config)
         metrics_runner = web.AppRunner(metrics_app, handler_cancellation=True, access_log=None,
                                        shutdown_timeout=CONNECTION_CLOSE_SECONDS,
                                        keepalive_timeout=config.idle_timeout)
         metrics_guard = guard_for(metrics, "metrics", METRICS_MAX_CONNECTIONS, config.request_head_timeout,
                                   "ollama-metrics-proxy: too many connections to the metrics listener")
         running.metrics_address = await _serve(running, metrics_runner, config.metrics_listen, "--metrics-listen",
-                                               metrics_guard)
+                                               metrics_guard, web_config.ssl_context if web_config else None)
     except BaseException:
         await running.stop()
         raise
@@ -230,12 +234,12 @@ def guard_for(metrics: TrafficMetrics, listener: str, limit: int, head_timeout: 
 
 
 async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPort, flag: str,
-                 guard: ConnectionGuard) -> HostPort:
+                 guard: ConnectionGuard, ssl_context: ssl.SSLContext | None = None) -> HostPort:
     # handler_cancellation (set on both runners): a client that disconnects cancels its handler at once, which
     # closes the upstream connection, so Ollama stops generating even while no bytes are flowing.
     await runner.setup()
     running.runners.append(runner)
-    site = GuardedSite(runner, address.host, address.port, guard)
+    site = GuardedSite(runner, address.host, address.port, guard, ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -272,8 +276,10 @@ async def serve_forever(config: Config) -> None:
     running = await start(config)
     tune_garbage_collector()
     log.info(
-        "ollama-metrics-proxy %s started: Ollama API on http://%s -> %s, metrics on http://%s/metrics",
-        __version__, running.proxy_address, redact_url(config.upstream), running.metrics_address,
+        "ollama-metrics-proxy %s started: Ollama API on http://%s -> %s, metrics on %s://%s/metrics",
+        __version__, running.proxy_address, redact_url(config.upstream),
+        "https" if config.web_config_file and load_web_config(config.web_config_file).ssl_context else "http",
+        running.metrics_address,
         extra={"fields": config.summary()},
     )
     stop = asyncio.Event()

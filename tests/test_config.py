@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,23 @@ def test_summary_redacts_upstream_credentials() -> None:
     assert config is not None
     assert config.summary()["upstream"] == "https://ops:***@gpu-box:11434"
     assert config.upstream == "https://ops:s3cret@gpu-box:11434"  # still used to connect
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("basic_auth_users:\n  prometheus: plain-text\n", "must be a bcrypt hash"),
+    ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "cannot load cert_file"),
+    ("tls_server_config:\n  key_file: k\n", "needs cert_file and key_file"),
+    ("basic_auth: {}\n", "unknown section 'basic_auth'"),
+    ("[not, a, mapping]\n", "must be a mapping"),
+    ("tls_server_config: {cert_file: a, key_file: b\n", "not valid YAML"),
+])
+def test_web_config_file_problems_are_one_line_each(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(content)
+    config, errors = load(["--web-config-file", str(path)])
+    assert config is None and len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_missing_web_config_file_is_a_config_error(tmp_path: Path) -> None:
+    config, errors = load(["--web-config-file", str(tmp_path / "nope.yml")])
+    assert config is None and "cannot read" in errors[0]

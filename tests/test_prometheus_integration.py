@@ -190,3 +190,56 @@ async def test_every_metric_name_in_the_kit_is_exported(
     assert used, "no metric names found"
     missing = {name: sorted(where) for name, where in used.items() if name not in exported | NOT_METRICS}
     assert missing == {}, f"used but not exported: {missing}"
+
+
+async def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_fails(
+    fake: FakeOllama, tmp_path: Path, self_signed: tuple[Path, Path],
+) -> None:
+    """--web-config-file in exporter-toolkit's format: an unchanged Prometheus scrape_config with tls_config and
+    basic_auth scrapes; the same target with a wrong password is down with a 401."""
+    import bcrypt
+
+    from ollama_metrics_proxy.server import build_registry, start
+    from tests.conftest import config_for
+
+    assert PROMETHEUS is not None, "CI must have prometheus: make test installs Debian's prometheus package"
+    cert, key = self_signed
+    password = "scrape-secret-42"
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(yaml.safe_dump({
+        "tls_server_config": {"cert_file": cert.name, "key_file": key.name, "min_version": "TLS12"},
+        "basic_auth_users": {"prometheus": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()},
+    }))
+    running = await start(config_for(fake.url, web_config_file=str(web_config)), registry=build_registry())
+    target = f"127.0.0.1:{running.metrics_address.port}"  # type: ignore[union-attr]
+
+    def job(name: str, secret: str) -> dict[str, object]:
+        return {"job_name": name, "scheme": "https", "static_configs": [{"targets": [target]}],
+                "tls_config": {"ca_file": str(cert)}, "basic_auth": {"username": "prometheus", "password": secret}}
+
+    config = {"global": {"scrape_interval": "1s"},
+              "scrape_configs": [job("right", password), job("wrong", "not-the-password")]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as api:
+            server = Prometheus(f"http://127.0.0.1:{port}", api)
+            await _wait_ready(server, process)
+            await server.wait_for('up{job="right"} == 1')
+            await server.wait_for('ollama_up{job="right"}')
+            await server.wait_for('up{job="wrong"} == 0')
+            async with api.get(server.url + "/api/v1/targets") as response:
+                targets = (await response.json())["data"]["activeTargets"]
+            wrong = next(t for t in targets if t["labels"]["job"] == "wrong")
+            assert "401" in wrong["lastError"]
+            # Plain HTTP and no credentials are refused too.
+            async with api.get(f"https://{target}/metrics", ssl=False) as response:
+                assert response.status == 401 and "Basic" in response.headers["WWW-Authenticate"]
+    finally:
+        process.terminate()
+        await process.wait()
+        await running.stop()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -274,16 +273,6 @@ async def test_connect_failure_names_the_reason() -> None:
     async with client_for(url) as client:
         with pytest.raises(ConnectFailed, match="Connection refused"):
             await client.request("GET", "/api/tags", [])
-
-
-@pytest.fixture
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=local",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 async def test_an_https_upstream_is_verified(self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
