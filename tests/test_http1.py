@@ -126,7 +126,7 @@ def test_chunk_extensions_are_ignored() -> None:
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", "switched protocols"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk-size line"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX", "not followed by CRLF"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 5000, "never ends"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 5000, "bad chunk-size line"),
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD_BYTES, "longer than"),
 ])
 def test_malformed_responses_say_what_is_wrong(wire: bytes, message: str) -> None:
@@ -174,7 +174,8 @@ def test_reads_of_whole_chunks_decode_exactly(pieces: list[bytes]) -> None:
 
 
 @pytest.mark.parametrize(("size_line", "accepted"), [
-    (b"5;name=value", True), (b"5 ", True), (b"0x5", False), (b"+5", False), (b"5_0", False), (b" ", False),
+    # Whitespace after the size is not in RFC 9112's grammar; llhttp refuses it, as it should.
+    (b"5;name=value", True), (b"5 ", False), (b"0x5", False), (b"+5", False), (b"5_0", False), (b" ", False),
 ])
 def test_chunk_sizes_in_big_reads_are_read_strictly(size_line: bytes, accepted: bool) -> None:
     wire = b"".join(b"3\r\nabc\r\n" for _ in range(100)) + size_line + b"\r\nhello\r\n"
