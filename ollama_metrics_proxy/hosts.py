@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -54,6 +54,27 @@ def interface_addresses() -> set[str]:
                 for address in addresses if address.family in (socket.AF_INET, socket.AF_INET6)}
     except OSError:
         return set()
+
+
+MAX_REMEMBERED_HOSTS = 1024
+
+
+def remembered(decide: Callable[[str], bool]) -> Callable[[str | None], bool]:
+    """A decision per ``Host`` value, remembered: clients send a handful of values, checked on every request.
+    The memory is cleared when full, so a client cycling through names cannot grow it."""
+    decisions: dict[str, bool] = {}
+
+    def allows(header: str | None) -> bool:
+        if not header:
+            return True
+        decision = decisions.get(header)
+        if decision is None:
+            if len(decisions) >= MAX_REMEMBERED_HOSTS:
+                decisions.clear()
+            decision = decisions[header] = decide(header)
+        return decision
+
+    return allows
 
 
 class AllowedHosts:

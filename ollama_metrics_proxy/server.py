@@ -23,7 +23,7 @@ from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
 from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
-from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback
+from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback, remembered
 from ollama_metrics_proxy.identity import ClientIdentity, load_key
 from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.listener import (
@@ -164,7 +164,7 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
         metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
         web_config = load_web_config(config.web_config_file) if config.web_config_file else None
         metrics_app = build_metrics_app(registry, poller, samplers, running.started_at, analytics,
-                                        host_allowed=metrics_hosts.allows,
+                                        host_allowed=remembered(metrics_hosts.allows),
                                         on_refused=metrics.refused.labels("metrics", "host").inc,
                                         web_config=web_config)
         metrics_runner = web.AppRunner(metrics_app, handler_cancellation=True, access_log=None,
@@ -192,7 +192,7 @@ def api_host_check(config: Config) -> Callable[[str | None], bool] | None:
     if not is_loopback(config.listen.host):
         return None
     hosts = AllowedHosts(config.allowed_hosts, bound=config.listen.host)
-    return None if hosts.everything else hosts.allows_like_ollama
+    return None if hosts.everything else remembered(hosts.allows_like_ollama)
 
 
 def build_client_identity(config: Config) -> ClientIdentity | None:
