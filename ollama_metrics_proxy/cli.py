@@ -20,18 +20,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"{PROG} {__version__}")
         return 0
     config, errors = load_config(args, environ if environ is not None else environment())
+    notes = []
     if config is not None and args.check_config:
-        errors += [
-            f"{flag} cannot listen on {address}: {problem}"
-            for flag, address in (("--listen", config.listen), ("--metrics-listen", config.metrics_listen))
-            if (problem := probe_listen(address)) is not None
-        ]
+        # A port in use is not a configuration error: it is what a check next to the running service finds.
+        for flag, address in (("--listen", config.listen), ("--metrics-listen", config.metrics_listen)):
+            problem = probe_listen(address)
+            if problem == "address already in use":
+                notes.append(f"{flag} {address} is in use now (the running proxy?); starting another would fail "
+                             "until it is free")
+            elif problem is not None:
+                errors.append(f"{flag} cannot listen on {address}: {problem}")
     if errors or config is None:
         for problem in errors:
             print(f"{PROG}: error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(f"{PROG}: configuration is valid")
+        for note in notes:
+            print(f"{PROG}: note: {note}")
         for key, value in config.summary().items():
             print(f"  {key} = {value}")
         return 0

@@ -80,7 +80,10 @@ class Config:
     web_config_file: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        """The effective configuration, for the start-up log line."""
+        """The effective configuration, for the start-up log line and --check-config: switches as on/off."""
+        return {key: _shown(value) for key, value in self._summary().items()}
+
+    def _summary(self) -> dict[str, Any]:
         return {
             "upstream": redact_url(self.upstream),
             "listen": str(self.listen),
@@ -117,12 +120,25 @@ class Config:
 # ---------------------------------------------------------------- value parsers
 
 
+def _shown(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else value
+
+
 def parse_upstream(text: str) -> str:
     """An http(s) base URL; a path prefix is kept, a trailing slash dropped."""
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError as exc:  # an unclosed IPv6 bracket, …
+        raise ConfigError(f"is not a URL ({exc}): {redact_url(text)!r}") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"must be an http:// or https:// URL, got {redact_url(text)!r}")
-    if not parts.hostname:
+    try:
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"is not a URL ({exc}): {redact_url(text)!r}") from None
+    if not hostname:
         raise ConfigError(f"has no host: {redact_url(text)!r}")
     try:
         parts.port  # noqa: B018 - property access validates the port
@@ -149,7 +165,8 @@ def upstream_from_ollama_host(value: str) -> str:
     return parse_upstream(f"{scheme}://{shown_host}:{port}{suffix}")
 
 
-def _split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+def _split_host_port(text: str, default_port: int | None = None, example: str = "127.0.0.1:11435"
+                     ) -> tuple[str, int]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
@@ -158,21 +175,22 @@ def _split_host_port(text: str, default_port: int | None = None) -> tuple[str, i
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     elif text.count(":") > 1:
-        raise ConfigError(f"write an IPv6 address in brackets, like [::1]:11435, got {text!r}")
+        raise ConfigError(f"write an IPv6 address in brackets, like [::1]:{example.rsplit(':', 1)[1]}, got "
+                          f"{text!r}")
     else:
         host, port_text = text, ""
     if not port_text:
         if default_port is None:
-            raise ConfigError(f"needs a port, like 127.0.0.1:11435, got {text!r}")
+            raise ConfigError(f"needs a port, like {example}, got {text!r}")
         return host, default_port
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"has a bad port {port_text!r} (0-65535)")
     return host, int(port_text)
 
 
-def parse_listen(text: str) -> HostPort:
+def parse_listen(text: str, example: str = DEFAULT_LISTEN) -> HostPort:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6); port 0 picks a free port."""
-    host, port = _split_host_port(text.strip())
+    host, port = _split_host_port(text.strip(), example=example)
     if not host:
         raise ConfigError(f"needs a host, like 127.0.0.1:{port} or 0.0.0.0:{port}, got {text!r}")
     try:
@@ -201,6 +219,10 @@ def parse_non_negative_float(text: str) -> float:
     if not 0 <= value <= 86_400:
         raise ConfigError(f"must be from 0 to 86400 seconds, got {text!r}")
     return value
+
+
+def parse_metrics_listen(text: str) -> HostPort:
+    return parse_listen(text, example=DEFAULT_METRICS_LISTEN)
 
 
 def parse_web_config_file(text: str) -> str | None:
@@ -268,11 +290,35 @@ def parse_log_db(text: str) -> str | None:
         return value
     if "://" in value:
         raise ConfigError(f"must be off, a file path or a postgresql:// URL, got {redact_url(value)!r}")
-    path = os.path.expanduser(value) if value else os.path.join(default_data_dir(), "requests.sqlite3")
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ConfigError(f"cannot hold a database: {directory!r} is not a directory")
+    if not value:  # the default: its directory is the proxy's own, made on first start
+        path = os.path.join(default_data_dir(), "requests.sqlite3")
+        _check_writable(_nearest_existing(os.path.dirname(path)), path)
+        return path
+    path = os.path.abspath(os.path.expanduser(value))
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"cannot hold a database: the directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"is a directory; name a file in it, like {os.path.join(path, 'requests.sqlite3')!r}")
+    _check_writable(directory, path)
     return path
+
+
+def _nearest_existing(directory: str) -> str:
+    while not os.path.exists(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return directory
+
+
+def _check_writable(directory: str, path: str) -> None:
+    if not os.path.isdir(directory):
+        raise ConfigError(f"cannot hold a database: {directory!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot be written by this user: {path!r} (choose another path with --log-db, "
+                          "or --log-db off)")
 
 
 def parse_header_name(text: str) -> str | None:
@@ -332,7 +378,7 @@ OPTIONS: tuple[Option, ...] = (
            "Ollama base URL to forward to (OLLAMA_HOST is used when neither flag nor variable is set)"),
     Option("listen", "--listen", parse_listen, DEFAULT_LISTEN,
            "address for the Ollama API that clients connect to"),
-    Option("metrics_listen", "--metrics-listen", parse_listen, DEFAULT_METRICS_LISTEN,
+    Option("metrics_listen", "--metrics-listen", parse_metrics_listen, DEFAULT_METRICS_LISTEN,
            "address for /metrics, /-/healthy and /-/ready"),
     Option("connect_timeout", "--connect-timeout", parse_positive_float, "10",
            "seconds to wait for a TCP connection to the upstream (there is no total or read timeout)"),
@@ -395,6 +441,30 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+# How --help names each value (as the README's configuration table does) and what it shows as the default where
+# the default is worked out at start rather than written in the table above.
+METAVARS = {
+    "upstream": "URL", "listen": "HOST:PORT", "metrics_listen": "HOST:PORT", "connect_timeout": "SECONDS",
+    "max_models": "N", "ollama_poll_interval": "SECONDS", "log_level": "LEVEL", "log_format": "FORMAT",
+    "gpu": "MODE", "gpu_interval": "SECONDS", "ollama_process": "on|off", "host_metrics": "on|off",
+    "system_interval": "SECONDS", "ollama_pid": "PID", "models_dir": "PATH", "log_db": "TARGET",
+    "log_retention_days": "DAYS", "log_max_rows": "N", "log_content": "on|off", "log_content_max_bytes": "N",
+    "client_header": "NAME", "admin_token": "TOKEN", "openai_usage": "MODE", "client_hash_key": "KEY",
+    "allowed_hosts": "NAMES", "shutdown_grace": "SECONDS", "max_connections": "N", "idle_timeout": "SECONDS",
+    "request_head_timeout": "SECONDS", "web_config_file": "PATH",
+}
+SHOWN_DEFAULTS = {
+    "ollama_pid": "found by name",
+    "models_dir": "$OLLAMA_MODELS, else ~/.ollama/models if it exists",
+    "log_db": "requests.sqlite3 under $XDG_DATA_HOME/ollama-metrics-proxy",
+    "client_header": "none",
+    "admin_token": "none: mutating endpoints off",
+    "client_hash_key": "a random key beside the request log",
+    "allowed_hosts": "none: this machine's names and addresses only",
+    "web_config_file": "none: plain HTTP, no authentication",
+}
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line and exit status 2, without the usage block."""
 
@@ -409,9 +479,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "variable shown in brackets; flags win.",
     )
     for option in OPTIONS:
+        default = SHOWN_DEFAULTS.get(option.field, option.default)
         parser.add_argument(
-            option.flag, dest=option.field, default=None, metavar="VALUE",
-            help=f"{option.help} [{option.env}, default {option.default}]",
+            option.flag, dest=option.field, default=None, metavar=METAVARS[option.field],
+            help=f"{option.help} [{option.env}, default {default}]",
         )
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration, print every problem, and exit (0 when valid)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,3 +140,43 @@ def test_web_config_file_problems_are_one_line_each(tmp_path: Path, content: str
 def test_a_missing_web_config_file_is_a_config_error(tmp_path: Path) -> None:
     config, errors = load(["--web-config-file", str(tmp_path / "nope.yml")])
     assert config is None and "cannot read" in errors[0]
+
+
+def test_a_bad_url_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--upstream", "http://[::1"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--upstream is not a URL" in err
+
+
+@pytest.mark.parametrize(("log_db", "message"), [
+    ("/no/such/dir/requests.sqlite3", "does not exist"),
+    ("{tmp}", "is a directory"),
+])
+def test_a_log_db_that_cannot_be_created_is_an_error(tmp_path: Path, log_db: str, message: str) -> None:
+    config, errors = load(["--log-db", log_db.format(tmp=tmp_path)])
+    assert config is None and message in errors[0]
+
+
+def test_the_metrics_listener_example_shows_its_own_port() -> None:
+    _, errors = load(["--metrics-listen", "127.0.0.1"])
+    assert "127.0.0.1:9934" in errors[0] and "11435" not in errors[0]
+
+
+def test_help_names_values_as_the_readme_does_and_shows_real_defaults() -> None:
+    from ollama_metrics_proxy.config import OPTIONS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `(--[a-z-]+) ([^`]+)`", readme, flags=re.MULTILINE))
+    text = build_arg_parser().format_help()
+    for option in OPTIONS:
+        metavar = documented[option.flag].replace("\\|", "|")
+        assert f"{option.flag} {metavar}" in text, option.flag
+    assert "default ]" not in text and "default  " not in text
+
+
+def test_configuration_printout_says_on_and_off(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--check-config", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                 "--log-db", "off"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert "log_content = off" in out and "host_metrics = on" in out
+    assert "True" not in out and "None" not in out
