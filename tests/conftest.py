@@ -21,6 +21,30 @@ from tests.fake_ollama import FakeOllama, rec
 from tests.postgres_server import PostgresServer, binaries
 
 
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    if not directory.exists():
+        return {}
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in directory.rglob("*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_outside_temporary_directories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test may touch the user's own request log: the proxy's default data directory points into a
+    temporary one for the whole run, and the real one must be exactly as it was when the run ends."""
+    real = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "ollama-metrics-proxy"
+    before = _snapshot(real)
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_DATA_HOME", None)
+        else:
+            os.environ["XDG_DATA_HOME"] = saved
+    assert _snapshot(real) == before, f"the test run changed {real}"
+
+
 class ProxyUnderTest:
     def __init__(self, running: RunningProxy) -> None:
         self.running = running
