@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.test-stamp
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest system-deps node-tools bench clean
+.PHONY: run test lint typecheck pytest system-deps node-tools bench demo clean
 
 # What running needs, and nothing more (make run); the test toolchain comes on top (make test).
 $(RUN_STAMP): pyproject.toml
@@ -39,7 +39,7 @@ $(DCLINT):
 		npm install --prefix .tools --no-audit --no-fund --silent dclint@3.1.0 >/dev/null
 
 lint: $(STAMP)
-	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples benchmarks
+	$(BIN)/ruff check ollama_metrics_proxy tests dashboards examples benchmarks demo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -60,3 +60,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+
+# Try it without Ollama: a stand-in Ollama, the proxy, and a little varied traffic (Ctrl-C stops).
+# ARGS="--port 11435 --metrics-port 9934 --seconds N" to change them.
+demo: $(RUN_STAMP)
+	$(BIN)/python -m demo.run $(ARGS)

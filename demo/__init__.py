@@ -1,0 +1,1 @@
+"""``make demo``: a stand-in Ollama, the proxy in front of it, and a little varied traffic."""
