@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-WORDS = ("The sky looks blue because air scatters short wavelengths of sunlight more than long ones, so blue "
-         "light reaches your eyes from every direction of the sky.").split()
+SENTENCE = ("The sky looks blue because air scatters short wavelengths of sunlight more than long ones, so blue "
+            "light reaches your eyes from every direction of the sky.")
+WORDS = SENTENCE.split(" ")
 
 
 @dataclass(frozen=True)
