@@ -32,8 +32,9 @@ RULE_FILES = sorted((ROOT / "examples/prometheus/rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 SUBSTITUTIONS = {"$__rate_interval": "15s", "$instance": ".*", "$model": ".*"}
 METRIC_NAME = re.compile(r"\b(ollama_[a-z0-9_]*[a-z0-9])\b(?!\.py)")  # not module file names
-# Words shaped like metric names that are not metrics: a /-/ready JSON field and a `source` label value.
-NOT_METRICS = {"ollama_version", "ollama_process"}
+# Words shaped like metric names that are not metrics: a /-/ready JSON field, a `source` label value, and the
+# package's own name (in wheel file names).
+NOT_METRICS = {"ollama_version", "ollama_process", "ollama_metrics_proxy"}
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None and os.environ.get("CI") != "true",
@@ -182,7 +183,8 @@ async def test_every_metric_name_in_the_kit_is_exported(
     exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     exported |= {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines()
                  if line and not line.startswith("#")}
-    sources = [*DASHBOARDS, *RULE_FILES, ROOT / "README.md", *(ROOT / "examples").rglob("*.*")]
+    examples = [path for path in (ROOT / "examples").rglob("*.*") if path.is_file()]
+    sources = [*DASHBOARDS, *RULE_FILES, ROOT / "README.md", *examples]
     used: dict[str, set[str]] = {}
     for path in sources:
         for name in METRIC_NAME.findall(path.read_text()):
