@@ -285,6 +285,10 @@ class TrafficMetrics:
         self.open_connections = Gauge(
             "ollama_metrics_proxy_open_connections", "Client connections open now, by listener.", ("listener",),
             registry=registry)
+        self.max_connections = Gauge(
+            "ollama_metrics_proxy_max_connections",
+            "The cap on client connections, by listener (--max-connections for api).", ("listener",),
+            registry=registry)
         self.internal_errors = Counter(
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",

@@ -230,6 +230,7 @@ def guard_for(metrics: TrafficMetrics, listener: str, limit: int, head_timeout: 
     guard = ConnectionGuard(limit, head_timeout, refusal_response(message),
                             on_refused=lambda reason: metrics.refused_connections.labels(listener, reason).inc())
     metrics.open_connections.labels(listener).set_function(lambda: guard.open)
+    metrics.max_connections.labels(listener).set(limit)
     return guard
 
 

@@ -31,7 +31,8 @@ PROMETHEUS = shutil.which("prometheus")
 RULE_FILES = sorted((ROOT / "examples/prometheus/rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 SUBSTITUTIONS = {"$__rate_interval": "15s", "$instance": ".*", "$model": ".*"}
-METRIC_NAME = re.compile(r"\b(ollama_[a-z0-9_]*[a-z0-9])\b(?!\.py)")  # not module file names
+# Not module file names, and not the metric part of a recording rule's level:metric:operations name.
+METRIC_NAME = re.compile(r"(?<![:\w])(ollama_[a-z0-9_]*[a-z0-9])\b(?!\.py|:)")
 # Words shaped like metric names that are not metrics: a /-/ready JSON field, a `source` label value, and the
 # package's own name (in wheel file names).
 NOT_METRICS = {"ollama_version", "ollama_process", "ollama_metrics_proxy"}
@@ -171,8 +172,8 @@ async def test_every_kit_expression_evaluates_against_real_scrapes(
 
     for _, expr in rule_queries():
         await prometheus.query(expr)
-    assert await prometheus.query(dict(rule_queries())["ollama:requests:rate5m"])
-    assert await prometheus.query(dict(rule_queries())["ollama:decode_tokens_per_second:rate5m"])
+    assert await prometheus.query(dict(rule_queries())["instance_model_outcome:ollama_requests:rate5m"])
+    assert await prometheus.query(dict(rule_queries())["instance_model:ollama_decode_tokens_per_second:ratio_rate5m"])
 
 
 async def test_every_metric_name_in_the_kit_is_exported(
