@@ -14,11 +14,19 @@ from typing import Any
 HERE = Path(__file__).parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'instance=~"$instance", model=~"$model"'  # the filter every traffic query carries
+# Latency, token and error panels also follow the endpoint variable, whose default is the inference routes only:
+# a model pull taking minutes must not own the p99 of chat latency.
+ESEL = SEL + ', endpoint=~"$endpoint"'
 INST = 'instance=~"$instance"'
 RI = "$__rate_interval"
+INFERENCE = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions",
+             "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
+TOKENS_PER_SECOND = "tok/s"  # Grafana shows an unknown unit as a suffix
+# The one definition of an error (see README, "outcome"): failures on the server's side.
+ERROR_OUTCOMES = "server_error|upstream_error|upstream_unreachable|timeout"
 
 
-def variables(model_source: str) -> dict[str, Any]:
+def variables(model_source: str | None) -> dict[str, Any]:
     def query_var(name: str, label: str, query: str) -> dict[str, Any]:
         return {
             "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
@@ -27,12 +35,18 @@ def variables(model_source: str) -> dict[str, Any]:
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
         }
 
-    return {"list": [
+    found = [
         {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
          "current": {}, "hide": 0},
         query_var("instance", "Proxy", "label_values(ollama_metrics_proxy_build_info, instance)"),
-        query_var("model", "Model", f'label_values({model_source}{{instance=~"$instance"}}, model)'),
-    ]}
+    ]
+    if model_source is not None:  # the GPU dashboard has none: a GPU's figures belong to no one model
+        found.append(query_var("model", "Model", f'label_values({model_source}{{instance=~"$instance"}}, model)'))
+        endpoint = query_var("endpoint", "Endpoint",
+                             f'label_values({model_source}{{instance=~"$instance"}}, endpoint)')
+        endpoint["current"] = {"selected": True, "text": INFERENCE, "value": INFERENCE}
+        found.append(endpoint)
+    return {"list": found}
 
 
 class Layout:
@@ -71,14 +85,34 @@ def panel(layout: Layout, title: str, description: str, unit: str, targets: list
 def quantiles(metric: str, by: str = "") -> list[tuple[str, str]]:
     group = f"{by}, le" if by else "le"
     return [
-        (f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RI}])))",
+        (f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{ESEL}}}[{RI}])))",
          f"p{int(q * 100)}" + (f" {{{{{by}}}}}" if by else ""))
         for q in (0.5, 0.95, 0.99)
     ]
 
 
+def stat(layout: Layout, title: str, description: str, unit: str, expr: str, **defaults: Any) -> dict[str, Any]:
+    """A headline number, four grid units wide."""
+    return panel(layout, title, description, unit, [(expr, title)], kind="stat", width=4, height=4,
+                 defaults=defaults, reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False},
+                 colorMode="value", graphMode="area", textMode="value")
+
+
+def heatmap(layout: Layout, title: str, description: str, unit: str, metric: str) -> dict[str, Any]:
+    return panel(layout, title, description, unit,
+                 [(f"sum by (le) (increase({metric}_bucket{{{ESEL}}}[{RI}]))", "{{le}}")], kind="heatmap",
+                 calculate=False, yAxis={"unit": unit}, color={"scheme": "Oranges", "mode": "scheme"},
+                 cellGap=1, tooltip={"mode": "single", "yHistogram": True})
+
+
+def ratio(selector: str) -> str:
+    """Requests matching ``selector`` as a share of all, over the dashboard's filters."""
+    return (f"sum(rate(ollama_requests_total{{{ESEL}, {selector}}}[{RI}])) / "
+            f"sum(rate(ollama_requests_total{{{ESEL}}}[{RI}]))")
+
+
 def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any]],
-              model_source: str) -> dict[str, Any]:
+              model_source: str | None) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "description": description, "tags": ["ollama", "llm"],
         "editable": True, "schemaVersion": 39, "version": 1, "refresh": "30s", "timezone": "",
@@ -89,52 +123,78 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
     }
 
 
-# The one definition of an error (see README, "outcome"): failures on the server's side.
-ERROR_OUTCOMES = "server_error|upstream_error|upstream_unreachable|timeout"
-
-
 def overview() -> dict[str, Any]:
     layout = Layout()
     panels = [
+        # The headline row: the first questions, answered at a glance.
+        stat(layout, "Ollama up", "1 while the proxy's polls of Ollama succeed; 0 means every request fails.",
+             "none", f"min(ollama_up{{{INST}}})", min=0, max=1,
+             mappings=[{"type": "value", "options": {"0": {"text": "down", "color": "red"},
+                                                      "1": {"text": "up", "color": "green"}}}]),
+        stat(layout, "Requests/s", "Requests per second relayed to Ollama, all routes.", "reqps",
+             f"sum(rate(ollama_requests_total{{{SEL}}}[{RI}]))"),
+        stat(layout, "Error ratio", "Failures on the server's side (5xx, upstream errors, unreachable, timeouts) "
+             "as a share of inference requests; client errors and aborts are not errors.", "percentunit",
+             ratio(f'outcome=~"{ERROR_OUTCOMES}"'), min=0, max=1),
+        stat(layout, "Generated tok/s", "Tokens generated per second across the selected models (estimates "
+             "included).", TOKENS_PER_SECOND, f"sum(rate(ollama_generation_tokens_total{{{ESEL}}}[{RI}]))"),
+        stat(layout, "Models loaded", "Models Ollama holds in memory now (/api/ps).", "none",
+             f"sum(ollama_models_loaded{{{INST}}})"),
+        stat(layout, "GPU utilization", "Average share of time a kernel ran, over every GPU.", "percentunit",
+             f"avg(ollama_gpu_utilization_ratio{{{INST}}})", min=0, max=1),
         panel(layout, "Request rate by model and outcome",
               "Requests per second relayed to Ollama, split by model and by how they ended.", "reqps",
               [(f"sum by (model, outcome) (rate(ollama_requests_total{{{SEL}}}[{RI}]))", "{{model}} {{outcome}}")]),
         panel(layout, "Request duration",
-              "Time from a request's arrival at the proxy to the last byte of the reply: p50, p95, p99.", "s",
+              "Time from a request's arrival at the proxy to the last byte of the reply: p50, p95, p99 of the "
+              "selected endpoints (inference routes by default).", "s",
               quantiles("ollama_request_duration_seconds")),
         panel(layout, "Time to first token",
               "Streamed requests: arrival to the first generated text, thinking or tool call (includes queueing "
               "and model load).", "s", quantiles("ollama_time_to_first_token_seconds")),
+        heatmap(layout, "Time to first token heatmap",
+                "How many streamed requests waited how long for their first token: a band that rises is a queue "
+                "building up.", "s", "ollama_time_to_first_token_seconds"),
         panel(layout, "Inter-token latency",
               "Streamed requests: gaps between consecutive generated chunks as clients received them.", "s",
               quantiles("ollama_inter_token_latency_seconds")),
+        heatmap(layout, "Generation length heatmap",
+                "Generated tokens per request (estimates included): where the bulk of the work is.", "short",
+                "ollama_request_generation_tokens"),
         panel(layout, "Prompt and generated tokens per second",
               "Tokens per second across the selected models, as Ollama reported them; 'estimated' is the part "
               "of the generated tokens counted from content chunks where the reply reported no count (OpenAI "
-              "streams without include_usage, streams cut short).", "short",
-              [(f"sum(rate(ollama_prompt_tokens_total{{{SEL}}}[{RI}]))", "prompt"),
-               (f"sum(rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "generated"),
-               (f"sum(rate(ollama_generation_tokens_estimated_total{{{SEL}}}[{RI}]))", "generated (estimated)")]),
+              "streams without include_usage, streams cut short).", TOKENS_PER_SECOND,
+              [(f"sum(rate(ollama_prompt_tokens_total{{{ESEL}}}[{RI}]))", "prompt"),
+               (f"sum(rate(ollama_generation_tokens_total{{{ESEL}}}[{RI}]))", "generated"),
+               (f"sum(rate(ollama_generation_tokens_estimated_total{{{ESEL}}}[{RI}]))", "generated (estimated)")]),
         panel(layout, "Decode speed by model",
               "Generated tokens per second of decode time (eval_count / eval_duration over exactly the requests "
-              "that reported both): the GPU's real speed.", "short",
-              [(f"sum by (model) (rate(ollama_eval_tokens_total{{{SEL}}}[{RI}])) / "
-                f"sum by (model) (rate(ollama_eval_seconds_total{{{SEL}}}[{RI}]))", "{{model}}")]),
+              "that reported both): the GPU's real speed.", TOKENS_PER_SECOND,
+              [(f"sum by (model) (rate(ollama_eval_tokens_total{{{ESEL}}}[{RI}])) / "
+                f"sum by (model) (rate(ollama_eval_seconds_total{{{ESEL}}}[{RI}]))", "{{model}}")]),
+        panel(layout, "Error ratio, client errors and aborts",
+              "Shares of requests: errors (the server's failures, the error ratio everywhere), client errors "
+              "(4xx: unknown model, bad request) and aborts (the client went away before the end).",
+              "percentunit",
+              [(ratio(f'outcome=~"{ERROR_OUTCOMES}"'), "error ratio"),
+               (ratio('outcome="client_error"'), "client errors"),
+               (ratio('outcome="aborted"'), "abort ratio")], defaults={"min": 0}),
         panel(layout, "Errors, client errors and aborted requests",
               "Requests that did not succeed, by outcome. Errors (the error ratio's numerator) are the server's "
               "failures: server_error (5xx), upstream_error (streams cut off, in-band errors), "
               "upstream_unreachable and timeout. client_error (4xx) and clients that went away are shown apart.",
               "reqps",
-              [(f'sum by (outcome) (rate(ollama_requests_total{{{SEL}, outcome=~"{ERROR_OUTCOMES}"}}[{RI}]))',
+              [(f'sum by (outcome) (rate(ollama_requests_total{{{ESEL}, outcome=~"{ERROR_OUTCOMES}"}}[{RI}]))',
                 "error: {{outcome}}"),
-               (f'sum(rate(ollama_requests_total{{{SEL}, outcome="client_error"}}[{RI}]))', "client_error"),
-               (f"sum by (phase) (rate(ollama_client_disconnects_total{{{SEL}}}[{RI}]))", "disconnect {{phase}}")]),
+               (f'sum(rate(ollama_requests_total{{{ESEL}, outcome="client_error"}}[{RI}]))', "client_error"),
+               (f"sum by (phase) (rate(ollama_client_disconnects_total{{{ESEL}}}[{RI}]))", "disconnect {{phase}}")]),
         panel(layout, "In-flight requests",
               "Requests queued in Ollama or generating right now.", "short",
               [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}})", "{{model}}")]),
         panel(layout, "Finish reasons",
               "Why generations stopped: stop, length (hit the token limit), tool calls, …", "reqps",
-              [(f"sum by (reason) (rate(ollama_finished_requests_total{{{SEL}}}[{RI}]))", "{{reason}}")]),
+              [(f"sum by (reason) (rate(ollama_finished_requests_total{{{ESEL}}}[{RI}]))", "{{reason}}")]),
         panel(layout, "Loaded models and VRAM",
               "Models Ollama holds in memory and the GPU memory each occupies.", "bytes",
               [(f"sum by (model) (ollama_model_vram_bytes{{{SEL}}})", "{{model}} VRAM"),
@@ -148,6 +208,21 @@ def overview() -> dict[str, Any]:
               "Models appearing in and leaving Ollama's memory; a steady stream means thrashing.", "short",
               [(f"sum by (model) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))", "load {{model}}"),
                (f"sum by (model) (increase(ollama_model_unloads_total{{{SEL}}}[{RI}]))", "unload {{model}}")]),
+        panel(layout, "Ollama processes: CPU",
+              "CPU used by the Ollama server and its model runners, in cores.", "short",
+              [(f"sum by (role) (rate(ollama_process_cpu_seconds_total{{{INST}}}[{RI}]))", "{{role}}")]),
+        panel(layout, "Ollama processes: memory",
+              "Resident memory of the Ollama server and its model runners.", "bytes",
+              [(f"sum by (role) (ollama_process_resident_memory_bytes{{{INST}}})", "{{role}}")]),
+        panel(layout, "Host CPU and memory",
+              "The host's CPU busy share and memory in use out of installed.", "percentunit",
+              [(f"avg(ollama_host_cpu_utilization_ratio{{{INST}}})", "CPU busy"),
+               (f"sum(ollama_host_memory_used_bytes{{{INST}}}) / sum(ollama_host_memory_total_bytes{{{INST}}})",
+                "memory used")], defaults={"min": 0, "max": 1}),
+        panel(layout, "Models disk",
+              "Used and free space on the filesystem holding Ollama's models directory.", "bytes",
+              [(f"sum by (path) (ollama_host_models_disk_used_bytes{{{INST}}})", "used {{path}}"),
+               (f"sum by (path) (ollama_host_models_disk_free_bytes{{{INST}}})", "free {{path}}")]),
     ]
     return dashboard("ollama-overview", "Ollama overview",
                      "Traffic, latency, tokens and model state of Ollama, measured by ollama-metrics-proxy.",
@@ -173,7 +248,7 @@ def gpu() -> dict[str, Any]:
               "GPU energy divided by the tokens generated through the proxy on the same host, in joules per "
               "1,000 tokens.", "joule",
               [(f"1000 * sum by (instance) (rate(ollama_gpu_energy_joules_total{{{gpu_sel}}}[{RI}])) / "
-                f"sum by (instance) (rate(ollama_generation_tokens_total{{{SEL}}}[{RI}]))", "{{instance}}")]),
+                f"sum by (instance) (rate(ollama_generation_tokens_total{{{gpu_sel}}}[{RI}]))", "{{instance}}")]),
         panel(layout, "GPU memory per process",
               "GPU memory held by each process, so the Ollama runner's share shows.", "bytes",
               [(f"ollama_gpu_process_memory_bytes{{{gpu_sel}}}", "{{process}} ({{pid}}) GPU {{gpu}}")]),
@@ -182,10 +257,15 @@ def gpu() -> dict[str, Any]:
         panel(layout, "Fan speed", "Fan speed as a share of its maximum, where the GPU reports it.",
               "percentunit", [(f"ollama_gpu_fan_ratio{{{gpu_sel}}}", "GPU {{gpu}} {{instance}}")],
               defaults={"min": 0, "max": 1}),
+        panel(layout, "Clock throttle reasons",
+              "Why the GPU's clocks are held down right now (NVML's clock event reasons): power cap, thermal "
+              "or hardware slowdown; idle is harmless.", "short",
+              [(f"max by (gpu, reason) (ollama_gpu_clock_throttled{{{gpu_sel}}}) > 0", "GPU {{gpu}} {{reason}}")],
+              defaults={"min": 0, "max": 1}),
     ]
     return dashboard("ollama-gpu", "Ollama GPU",
                      "NVIDIA GPU telemetry read by ollama-metrics-proxy through NVML, and energy per token.",
-                     panels, "ollama_requests_total")
+                     panels, None)
 
 
 DASHBOARDS = {"ollama-overview.json": overview, "ollama-gpu.json": gpu}

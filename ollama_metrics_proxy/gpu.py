@@ -30,6 +30,12 @@ INIT_FAILURES = {
     DRIVER_NOT_LOADED: ("driver_not_loaded", "the NVIDIA driver is not loaded"),
     NO_PERMISSION: ("no_permission", "no permission to open the NVIDIA devices"),
 }
+# NVML's clock event ("throttle") reasons, by bit (nvml.h nvmlClocksEventReason*): a fixed, bounded label set.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
+}
 NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
 
@@ -59,6 +65,7 @@ class GpuReading:
     energy_joules: float | None = None
     sm_clock_hertz: float | None = None
     fan_ratio: float | None = None
+    clock_event_reasons: int | None = None  # a bit mask of CLOCK_EVENT_REASONS
     processes: list[GpuProcess] = field(default_factory=list)
 
 
@@ -149,6 +156,11 @@ class GpuSampler(ThreadedSampler[list[GpuReading]]):
         reading.sm_clock_hertz = self._scaled(
             nvml, gpu, "sm_clock", 1e6, nvml.nvmlDeviceGetClockInfo, handle, NVML_CLOCK_SM)
         reading.fan_ratio = self._scaled(nvml, gpu, "fan", 1e-2, nvml.nvmlDeviceGetFanSpeed, handle)
+        # The current name (drivers from 535), else the one it replaced.
+        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
+            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        if reasons is not None:
+            reading.clock_event_reasons = self._read(nvml, gpu, "clock_event_reasons", reasons, handle)
         processes = self._read(nvml, gpu, "processes", nvml.nvmlDeviceGetComputeRunningProcesses, handle)
         reading.processes = [
             GpuProcess(process.pid, self._process_name(process.pid), process.usedGpuMemory or 0)

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ollama_metrics_proxy.config import Config
-from ollama_metrics_proxy.gpu import GpuReading, GpuSampler
+from ollama_metrics_proxy.gpu import CLOCK_EVENT_REASONS, GpuReading, GpuSampler
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.sources import SourceHealth, ThreadedSampler
 from ollama_metrics_proxy.system import HostReading, HostSampler, OllamaProcessSampler, process_name
@@ -132,6 +132,11 @@ class GpuCollector(_Described):
         yield counter("ollama_gpu_energy_joules", "Energy the GPU used since the driver loaded (NVML).",
                       GPU_LABELS, [((str(g.index), g.uuid), g.energy_joules) for g in readings
                                    if g.energy_joules is not None])
+        yield gauge("ollama_gpu_clock_throttled", "1 while NVML reports this reason for holding the GPU's clocks "
+                    "down (power cap, thermal or hardware slowdown, idle, …), else 0.", [*GPU_LABELS, "reason"],
+                    [((str(g.index), g.uuid, reason), float(bool(g.clock_event_reasons & bit)))
+                     for g in readings if g.clock_event_reasons is not None
+                     for bit, reason in CLOCK_EVENT_REASONS.items()])
         yield gauge("ollama_gpu_process_memory_bytes", "GPU memory used by each process (the Ollama runner).",
                     ["gpu", "pid", "process"],
                     [((str(g.index), str(p.pid), p.name), p.memory_bytes) for g in readings for p in g.processes])

@@ -32,6 +32,7 @@ class FakeGpu:
     memory_total: int = 80 * 1024**3
     memory_reserved: int = 615 * 1024**2
     memory_v2: bool = True  # the driver has nvmlDeviceGetMemoryInfo_v2
+    clock_event_reasons: int = 0x4 | 0x20  # software power cap and software thermal slowdown
     temperature: int = 64  # celsius
     power_mw: int = 350_250
     power_limit_mw: int = 700_000
@@ -128,6 +129,9 @@ class FakeNvml(types.ModuleType):
             raise NVMLError(FUNCTION_NOT_FOUND)
         assert version == self.nvmlMemory_v2
         return _MemoryV2(version, gpu.memory_total, gpu.memory_reserved, free, gpu.memory_used)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, gpu: FakeGpu) -> int:
+        return self._gpu(gpu, "clock_event_reasons").clock_event_reasons
 
     def nvmlDeviceGetTemperature(self, gpu: FakeGpu, sensor: int) -> int:
         assert sensor == 0

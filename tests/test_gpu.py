@@ -188,3 +188,16 @@ def test_idle_gpu_reads_zero_used_like_nvidia_smi() -> None:
     sampler, registry = sampler_for(nvml)
     sampler.sample_once()
     assert value(registry, "ollama_gpu_memory_used_bytes", gpu="0", uuid=H100) == 0
+
+
+def test_clock_throttle_reasons_are_one_series_per_reason() -> None:
+    nvml = FakeNvml([FakeGpu(H100, clock_event_reasons=0x4 | 0x40)])
+    sampler, registry = sampler_for(nvml)
+    sampler.sample_once()
+    labels = {"gpu": "0", "uuid": H100}
+    assert value(registry, "ollama_gpu_clock_throttled", **labels, reason="sw_power_cap") == 1
+    assert value(registry, "ollama_gpu_clock_throttled", **labels, reason="hw_thermal_slowdown") == 1
+    assert value(registry, "ollama_gpu_clock_throttled", **labels, reason="gpu_idle") == 0
+    reasons = {sample.labels["reason"] for family in registry.collect() for sample in family.samples
+               if sample.name == "ollama_gpu_clock_throttled"}
+    assert len(reasons) == 9

@@ -255,7 +255,9 @@ def test_dashboard_conventions(path: Path) -> None:
     dashboard = load_dashboard(path)
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    assert {"instance", "model"} <= set(variables)
+    # The overview filters by model and endpoint; the GPU dashboard has no model (a GPU belongs to none).
+    assert {"instance", "model", "endpoint"} <= set(variables) if "overview" in path.name else (
+        "instance" in variables and "model" not in variables)
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
@@ -277,8 +279,27 @@ def test_overview_dashboard_has_every_requested_panel() -> None:
                    "Finish reasons",
                    "Loaded models", "GPU offload", "Model loads and unloads"):
         assert any(wanted in title for title in titles), wanted
+    overview = load_dashboard(DASHBOARDS[0])
+    panels = {panel["title"]: panel for panel in overview["panels"]}
+    headline = [panel["title"] for panel in overview["panels"] if panel["gridPos"]["y"] == 0]
+    assert headline == ["Ollama up", "Requests/s", "Error ratio", "Generated tok/s", "Models loaded",
+                        "GPU utilization"]
+    assert all(panels[title]["type"] == "stat" for title in headline)
+    for wanted in ("Time to first token heatmap", "Generation length heatmap", "Error ratio, client errors and aborts",
+                   "Ollama processes: CPU", "Ollama processes: memory", "Host CPU and memory", "Models disk"):
+        assert wanted in panels, wanted
+    assert panels["Time to first token heatmap"]["type"] == "heatmap"
+    for title in ("Generated tok/s", "Decode speed by model", "Prompt and generated tokens per second"):
+        assert panels[title]["fieldConfig"]["defaults"]["unit"] == "tok/s", title
+    # Latency panels follow the endpoint variable, whose default is the inference routes: a pull never owns p99.
+    endpoint = next(v for v in overview["templating"]["list"] if v["name"] == "endpoint")
+    assert "/api/pull" not in endpoint["current"]["value"] and "/api/chat" in endpoint["current"]["value"]
+    assert all('endpoint=~"$endpoint"' in target["expr"] for title in ("Request duration", "Time to first token")
+               for target in panels[title]["targets"])
     gpu_titles = {panel["title"] for panel in load_dashboard(DASHBOARDS[1])["panels"]}
-    for wanted in ("utilization", "memory", "temperature", "power", "Energy per 1,000", "per process"):
+    assert "$model" not in json.dumps(load_dashboard(DASHBOARDS[1]))
+    for wanted in ("utilization", "memory", "temperature", "power", "Energy per 1,000", "per process",
+                   "throttle"):
         assert any(wanted.lower() in title.lower() for title in gpu_titles), wanted
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).parent.parent
 PROMETHEUS = shutil.which("prometheus")
 RULE_FILES = sorted((ROOT / "examples/prometheus/rules").glob("*.yml"))
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
-SUBSTITUTIONS = {"$__rate_interval": "15s", "$instance": ".*", "$model": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "15s", "$instance": ".*", "$model": ".*", "$endpoint": ".*"}
 # Not module file names, and not the metric part of a recording rule's level:metric:operations name.
 METRIC_NAME = re.compile(r"(?<![:\w])(ollama_[a-z0-9_]*[a-z0-9])\b(?!\.py|:)")
 # Words shaped like metric names that are not metrics: a /-/ready JSON field, a `source` label value, and the
