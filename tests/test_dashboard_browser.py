@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -99,14 +100,56 @@ async def test_dashboard_shows_the_api_figures(
         assert "Ollama 0.33.0 up" in await page.inner_text("#ollama-status")
         await wait_for_rows(page, "#logs tbody tr", 4)
         assert "client_error" in await page.inner_text("#logs tbody")
-        assert await page.get_attribute("#c-rpm polyline", "points")
+        assert await page.locator("#c-rpm canvas").count() == 1  # uPlot drew the chart, axes included
+        assert (await page.locator("#c-rpm canvas").bounding_box() or {}).get("width", 0) > 200
 
         await page.select_option("#f-outcome", "client_error")
         await wait_for_rows(page, "#logs tbody tr", 1)
         await page.select_option("#f-outcome", "")
 
+        # Recent requests page through the log with the cursor.
+        for _ in range(30):
+            async with http.post(proxy.url + "/api/generate", json={"model": "llama3.2", "stream": False}) as response:
+                await response.read()
+        request_log.flush()
+        await page.reload()
+        await page.wait_for_selector("body[data-loaded='true']")
+        await wait_for_rows(page, "#logs tbody tr", 25)
+        await page.click("#p-older")
+        await wait_for_rows(page, "#logs tbody tr", 34 - 25)
+        assert await page.inner_text("#p-page") == "page 2"
+        await page.click("#p-newer")
+        await wait_for_rows(page, "#logs tbody tr", 25)
+
         ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-1400.png"), full_page=True)
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await asyncio.sleep(0.3)
+        values = await page.locator(".tile .value").evaluate_all(
+            "els => els.map(e => [e.id, e.scrollWidth <= e.clientWidth, e.getBoundingClientRect().top])")
+        assert all(fits for _, fits, _ in values), values  # no card cuts or wraps its figure at 1280 px
+        assert len({top for _, _, top in values}) == 1  # and all nine sit in one row
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await asyncio.sleep(0.3)
+        width = await page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], width  # no sideways scrolling on a phone
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-390.png"), full_page=True)
+        assert problems == []
+    finally:
+        await proxy.running.stop()
+
+
+async def test_dashboard_says_unknown_while_ollama_is_down(browser: Any, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = ProxyUnderTest(await start(config_for(dead, log_db=str(tmp_path / "log.sqlite3")),
+                                       registry=CollectorRegistry(), samplers=Samplers()))
+    try:
+        await proxy.running.poller.poll_once()
+        page, problems = await open_dashboard(browser, proxy)
+        assert "not answering" in await page.inner_text("#ollama-status")
+        assert "unknown" in await page.inner_text("#loaded tbody")
         assert problems == []
     finally:
         await proxy.running.stop()
