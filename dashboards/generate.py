@@ -23,7 +23,7 @@ INFERENCE = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1
              "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
 TOKENS_PER_SECOND = "tok/s"  # Grafana shows an unknown unit as a suffix
 # The one definition of an error (see README, "outcome"): failures on the server's side.
-ERROR_OUTCOMES = "server_error|upstream_error|upstream_unreachable|timeout"
+ERROR_OUTCOMES = "server_error|upstream_error|upstream_unreachable|timeout|busy"
 
 
 def variables(model_source: str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ class Outcome(enum.StrEnum):
     UPSTREAM_ERROR = "upstream_error"  # an in-band error, a cut connection, or a stream without its final object
     ABORTED = "aborted"  # the client went away first
     TIMEOUT = "timeout"  # connecting to Ollama took longer than --connect-timeout; the client got our 504
+    BUSY = "busy"  # Ollama answered 503 "server busy": its load queue (OLLAMA_MAX_QUEUE) was full
 
 
 class Phase(enum.StrEnum):
@@ -67,6 +68,8 @@ class Exchange:
 def outcome_for_response(exchange: Exchange) -> Outcome:
     """How a response that was relayed to the end went."""
     obs = exchange.observation
+    if exchange.status == 503 and obs.error is not None and "server busy" in obs.error:
+        return Outcome.BUSY
     if exchange.status >= 500:
         return Outcome.SERVER_ERROR
     if exchange.status >= 400:

@@ -21,7 +21,7 @@ from ollama_metrics_proxy.redact import redact_url
 ROWS_PER_INSERT = 256
 # The one definition of an error, shared with the live figures, the recording rules and the dashboards: a failure
 # on the server's side. A client's mistake (4xx) is counted apart, and a client giving up is neither.
-ERROR_OUTCOMES = ("server_error", "upstream_unreachable", "upstream_error", "timeout")
+ERROR_OUTCOMES = ("server_error", "upstream_unreachable", "upstream_error", "timeout", "busy")
 CLIENT_ERROR_OUTCOMES = ("client_error",)
 
 

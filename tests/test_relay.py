@@ -355,3 +355,20 @@ async def test_overlong_model_names_count_as_other(
     assert proxy.value("ollama_metrics_proxy_label_overflows_total", label="model") == 20
     async with http.get(proxy.metrics_url + "/metrics") as response:
         assert "x" * 129 not in await response.text()
+
+
+async def test_a_full_ollama_queue_is_the_busy_outcome(
+    proxy: ProxyUnderTest, fake: FakeOllama, http: aiohttp.ClientSession,
+) -> None:
+    """Ollama's answer when OLLAMA_MAX_QUEUE is full: its own outcome, an error on the server's side."""
+    busy = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+    fake.override["/api/chat"] = Recording("busy.json", JSON, status=503, data=busy)
+    status, _, body = await fetch(http, "POST", proxy.url + "/api/chat", b'{"model":"llama3.2"}')
+    assert status == 503 and body == busy  # relayed untouched
+    fake.override["/api/chat"] = Recording("other.json", JSON, status=503, data=b'{"error":"runner crashed"}')
+    await fetch(http, "POST", proxy.url + "/api/chat", b'{"model":"llama3.2"}')
+    labels = {"endpoint": "/api/chat", "model": "llama3.2:latest"}  # installed, so admitted by the poller
+    await wait_for(lambda: proxy.value("ollama_requests_total", **labels, outcome="server_error") == 1)
+    assert proxy.value("ollama_requests_total", **labels, outcome="busy") == 1
+    async with http.get(proxy.metrics_url + "/-/stats") as response:
+        assert (await response.json())["errors"] == 2

@@ -6,7 +6,7 @@ import time
 
 from ollama_metrics_proxy.endpoints import PROGRESS_ENDPOINTS, Dialect, dialect_of
 from ollama_metrics_proxy.observe.base import Clock, Observer
-from ollama_metrics_proxy.observe.json_body import JsonBodyObserver
+from ollama_metrics_proxy.observe.json_body import ErrorBodyObserver, JsonBodyObserver
 from ollama_metrics_proxy.observe.ndjson import NdjsonObserver, ProgressObserver
 from ollama_metrics_proxy.observe.observation import INTER_TOKEN_BUCKETS, GapCounts, Observation
 from ollama_metrics_proxy.observe.sse import (
@@ -43,6 +43,8 @@ def observer_for(endpoint: str, status: int, content_type: str, clock: Clock = t
     """Choose by the response's Content-Type, never by the request's ``stream`` flag (Ollama answers a
     streamed request with plain JSON for model loads and errors)."""
     dialect = dialect_of(endpoint)
+    if status >= 400 and media_type(content_type) == "application/json":
+        return ErrorBodyObserver(clock)  # for the message: a 503 "server busy" is its own outcome
     if status >= 400 or dialect is Dialect.NONE:
         return Observer(clock)
     kind = media_type(content_type)

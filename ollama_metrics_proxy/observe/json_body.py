@@ -26,6 +26,7 @@ from ollama_metrics_proxy.observe.observation import Observation
 from ollama_metrics_proxy.observe.toplevel import TopLevelMembers
 
 MAX_BODY_BYTES = 1024 * 1024
+ERROR_BODY_BYTES = 4096  # Ollama's error bodies are one short message
 
 _APPLY: dict[Dialect, Callable[[Observation, dict[str, Any]], None]] = {
     Dialect.NATIVE: apply_native,
@@ -33,6 +34,24 @@ _APPLY: dict[Dialect, Callable[[Observation, dict[str, Any]], None]] = {
     Dialect.OPENAI_RESPONSES: apply_openai_response,
     Dialect.ANTHROPIC: apply_anthropic,
 }
+
+
+class ErrorBodyObserver(Observer):
+    """An error reply (4xx, 5xx): only its message is read, from at most ERROR_BODY_BYTES."""
+
+    def __init__(self, clock: Clock = time.perf_counter) -> None:
+        super().__init__(clock)
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._body) < ERROR_BODY_BYTES:
+            self._body += chunk[: ERROR_BODY_BYTES - len(self._body)]
+
+    def close(self) -> Observation:
+        obj = load_object(self._body)
+        if obj is not None:
+            self.observation.error = error_message(obj)
+        return self.observation
 
 
 class JsonBodyObserver(Observer):

@@ -4,7 +4,7 @@
 "use strict";
 
 const REFRESH_MS = 5000;
-const ERROR_OUTCOMES = new Set(["server_error", "upstream_error", "upstream_unreachable", "timeout"]);
+const ERROR_OUTCOMES = new Set(["server_error", "upstream_error", "upstream_unreachable", "timeout", "busy"]);
 const state = { logOn: true, ollamaUp: null, cursors: [null], charts: {} };
 
 const $ = (id) => document.getElementById(id);
