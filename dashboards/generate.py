@@ -192,6 +192,22 @@ def overview() -> dict[str, Any]:
         panel(layout, "In-flight requests",
               "Requests queued in Ollama or generating right now.", "short",
               [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}})", "{{model}}")]),
+        panel(layout, "Queue: in flight and waiting",
+              "Per model, requests in flight at Ollama and the estimate of those waiting for a parallel slot "
+              "(in flight beyond OLLAMA_NUM_PARALLEL; shown only where the slot count is known). Running is the "
+              "difference.", "short",
+              [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}})", "in flight {{model}}"),
+               (f"sum by (model) (ollama_requests_waiting_estimate{{{SEL}}})", "waiting (estimate) {{model}}")]),
+        panel(layout, "Queue wait (estimate)",
+              "Native inference requests: time Ollama spent outside compute before answering (total minus load, "
+              "prompt evaluation and decoding): the wait for a parallel slot, p50/p95/p99.", "s",
+              quantiles("ollama_queue_wait_estimate_seconds")),
+        panel(layout, "Proxy overhead",
+              "The time the proxy itself adds, p50 and p99: request head in to request out to Ollama, and "
+              "Ollama's response head in to the response head out to the client.", "s",
+              [(f"histogram_quantile({q}, sum by (direction, le) (rate("
+                f"ollama_metrics_proxy_overhead_seconds_bucket{{{INST}}}[{RI}])))",
+                f"p{int(q * 100)} {{{{direction}}}}") for q in (0.5, 0.99)]),
         panel(layout, "Finish reasons",
               "Why generations stopped: stop, length (hit the token limit), tool calls, …", "reqps",
               [(f"sum by (reason) (rate(ollama_finished_requests_total{{{ESEL}}}[{RI}]))", "{{reason}}")]),

@@ -78,6 +78,7 @@ class Config:
     idle_timeout: float = 75.0
     request_head_timeout: float = 10.0
     web_config_file: str | None = None
+    ollama_num_parallel: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line and --check-config: switches as on/off."""
@@ -114,6 +115,7 @@ class Config:
             "idle_timeout": self.idle_timeout,
             "request_head_timeout": self.request_head_timeout,
             "web_config_file": self.web_config_file or "none (plain HTTP, no authentication)",
+            "ollama_num_parallel": self.ollama_num_parallel or "from the Ollama process when visible",
         }
 
 
@@ -414,6 +416,9 @@ OPTIONS: tuple[Option, ...] = (
            "with --log-content, keep at most this many bytes of each prompt and response"),
     Option("client_header", "--client-header", parse_header_name, "",
            "request header naming the client (e.g. X-User set by a gateway); Authorization is stored as a hash"),
+    Option("ollama_num_parallel", "--ollama-num-parallel", parse_optional_pid, "",
+           "Ollama's OLLAMA_NUM_PARALLEL, for the estimate of requests waiting for a slot, when the proxy cannot "
+           "read it from the Ollama server's environment"),
     Option("web_config_file", "--web-config-file", parse_web_config_file, "",
            "TLS and basic authentication for the metrics listener, in the Prometheus exporter-toolkit "
            "web-config format (tls_server_config, basic_auth_users with bcrypt hashes)"),
@@ -451,7 +456,7 @@ METAVARS = {
     "log_retention_days": "DAYS", "log_max_rows": "N", "log_content": "on|off", "log_content_max_bytes": "N",
     "client_header": "NAME", "admin_token": "TOKEN", "openai_usage": "MODE", "client_hash_key": "KEY",
     "allowed_hosts": "NAMES", "shutdown_grace": "SECONDS", "max_connections": "N", "idle_timeout": "SECONDS",
-    "request_head_timeout": "SECONDS", "web_config_file": "PATH",
+    "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
 }
 SHOWN_DEFAULTS = {
     "ollama_pid": "found by name",
@@ -462,6 +467,7 @@ SHOWN_DEFAULTS = {
     "client_hash_key": "a random key beside the request log",
     "allowed_hosts": "none: this machine's names and addresses only",
     "web_config_file": "none: plain HTTP, no authentication",
+    "ollama_num_parallel": "read from the Ollama server's environment",
 }
 
 

@@ -43,6 +43,10 @@ class Exchange:
     client_identity: str | None = None
     wall_started: float = 0.0  # unix time, for the request log
     usage_injected: bool = False  # --openai-usage inject added include_usage to this request
+    # The time the proxy itself added: head received to request written upstream, and upstream response head
+    # to the response head written to the client (None when the request never got that far).
+    overhead_request: float | None = None
+    overhead_response: float | None = None
     # Bounded copies of the bodies, kept only with --log-content.
     captured_request: bytearray | None = None
     captured_response: bytearray | None = None

@@ -38,6 +38,15 @@ TOKENS_PER_SECOND_BUCKETS = (
     100000, 200000, 500000, 1000000,  # prefill of a long, mostly cached prompt reads far above real compute speed
 )
 
+# The proxy's own share of a request's time: microseconds normally, milliseconds when a connection to Ollama must
+# be opened first.
+OVERHEAD_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+# Time Ollama spent outside compute before answering: from none to minutes behind a long queue.
+QUEUE_WAIT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
 ENDPOINT_MODEL = ("endpoint", "model")
 
 # One series per counter is enough: `_created` samples would double the series count for no query we need.
@@ -258,6 +267,18 @@ class TrafficMetrics:
             "tokens served from the prompt cache while the duration covers only the uncached ones, so this "
             "overstates compute speed when the cache hits.", TOKENS_PER_SECOND_BUCKETS)
 
+        self.overhead = histogram(
+            "ollama_metrics_proxy_overhead_seconds",
+            "Time the proxy itself added to a request: direction=request from the request head's arrival to the "
+            "request written to Ollama (opening a connection when none is pooled included), direction=response "
+            "from Ollama's response head to the response head written to the client.", OVERHEAD_BUCKETS,
+            ("direction",))
+        self.queue_wait = histogram(
+            "ollama_queue_wait_estimate_seconds",
+            "Native inference requests: an estimate of the time spent waiting in Ollama for a parallel slot, "
+            "total_duration - load_duration - prompt_eval_duration - eval_duration (time outside compute: the "
+            "slot wait plus templating and tokenisation; the scheduler's own queue is in load_duration).",
+            QUEUE_WAIT_BUCKETS)
         build = Gauge("ollama_metrics_proxy_build_info", "The proxy's version; always 1.",
                       ("version", "python_version"), registry=registry)
         build.labels(__version__, platform.python_version()).set(1)

@@ -169,6 +169,7 @@ class Proxy:
     async def _relay_response(self, request: web.BaseRequest, exchange: Exchange,
                               upstream: UpstreamResponse) -> web.StreamResponse:
         head = upstream.head
+        exchange.overhead_request = max(upstream.sent_at - exchange.started, 0.0)
         exchange.status = head.status
         exchange.content_type = head.get(hdrs.CONTENT_TYPE) or ""
         exchange.streaming = is_streaming_type(exchange.content_type)
@@ -177,6 +178,7 @@ class Proxy:
             headers.append(("X-Accel-Buffering", "no"))  # an nginx in front must not buffer the stream either
         response = web.StreamResponse(status=head.status, reason=head.reason, headers=headers)
         await response.prepare(request)
+        exchange.overhead_response = max(time.perf_counter() - upstream.head_at, 0.0) if upstream.head_at else None
         observer = self._observer(exchange)
         captured = exchange.captured_response
         read = upstream.read

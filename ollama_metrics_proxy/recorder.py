@@ -79,6 +79,10 @@ class Recorder:
             self._record_phase(obs.load_seconds, m.load_duration, m.load_seconds, key)
         else:
             self._record_generation(exchange, key)
+        if exchange.overhead_request is not None:
+            m.overhead.labels("request").observe(exchange.overhead_request)
+        if exchange.overhead_response is not None:
+            m.overhead.labels("response").observe(exchange.overhead_response)
         if obs.parse_errors:
             m.parse_errors.labels(endpoint).inc(obs.parse_errors)
         m.relayed_bytes.labels(endpoint, "request").inc(exchange.bytes_in)
@@ -100,6 +104,9 @@ class Recorder:
         self._record_phase(obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds, key)
         self._record_phase(obs.eval_seconds, m.eval_duration, m.eval_seconds, key)
         self._record_phase(obs.total_seconds, m.total_duration, None, key)
+        wait = obs.queue_wait_estimate()
+        if wait is not None:
+            m.queue_wait.labels(*key).observe(wait)
 
     def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
         m, obs = self.metrics, exchange.observation

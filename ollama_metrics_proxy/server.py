@@ -43,7 +43,7 @@ from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.request_log import RequestLog
 from ollama_metrics_proxy.sources import SourceUnavailable
 from ollama_metrics_proxy.store import StoreError, open_store
-from ollama_metrics_proxy.telemetry import Samplers, build_samplers, register_telemetry
+from ollama_metrics_proxy.telemetry import QueueCollector, Samplers, build_samplers, register_telemetry
 from ollama_metrics_proxy.upstream import UpstreamClient
 from ollama_metrics_proxy.webconfig import load_web_config
 
@@ -142,7 +142,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     session = poller_session(config)
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
-    register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host)
+    register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host,
+                       QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel))
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
         proxy = Proxy(upstream, recorder, client_identity=build_client_identity(config),

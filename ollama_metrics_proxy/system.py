@@ -5,7 +5,7 @@ The proxy's own process is not covered here: prometheus_client's process collect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -24,6 +24,8 @@ class ProcessReading:
     resident_memory_bytes: int
     threads: int
     start_time_seconds: float
+    # The server's queueing settings, from its environment when visible (OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE).
+    settings: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,30 @@ def read_process(process: psutil.Process, role: str) -> ProcessReading | None:
                 cpu_seconds=times.user + times.system,
                 resident_memory_bytes=process.memory_info().rss,
                 threads=process.num_threads(), start_time_seconds=process.create_time(),
+                settings=queue_settings(process) if role == "server" else {},
             )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None  # exited between listing and reading
     except psutil.AccessDenied:
         return None
+
+
+QUEUE_SETTINGS = ("OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_QUEUE")
+
+
+def queue_settings(process: psutil.Process) -> dict[str, int]:
+    """OLLAMA_NUM_PARALLEL and OLLAMA_MAX_QUEUE as the Ollama server was started with them; empty when its
+    environment cannot be read (another user's process) or they are unset (Ollama then chooses by itself)."""
+    try:
+        environment = process.environ()
+    except (psutil.Error, OSError):
+        return {}
+    found = {}
+    for name in QUEUE_SETTINGS:
+        value = environment.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            found[name] = int(value)
+    return found
 
 
 class OllamaProcessSampler(ThreadedSampler[list[ProcessReading]]):

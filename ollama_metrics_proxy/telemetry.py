@@ -219,9 +219,58 @@ def build_samplers(config: Config) -> Samplers:
     return samplers
 
 
+EMBEDDING_ENDPOINTS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+
+
+class QueueCollector(_Described):
+    """Running and waiting at Ollama, per model, from the requests in flight through the proxy and the number of
+    parallel slots: OLLAMA_NUM_PARALLEL from the Ollama server's environment when visible, else
+    --ollama-num-parallel; unknown, the estimate is left out rather than guessed. An embedding model's runner
+    serves one request at a time (ollama-api.md, the scheduler), so a model seen only on embedding routes has one
+    slot."""
+
+    def __init__(self, in_flight: Any, processes: OllamaProcessSampler | None, configured: int | None) -> None:
+        self._in_flight = in_flight
+        self._processes = processes
+        self._configured = configured
+
+    def settings(self) -> dict[str, int]:
+        for reading in (self._processes.snapshot or ()) if self._processes is not None else ():
+            if reading.role == "server" and reading.settings:
+                return dict(reading.settings)
+        return {"OLLAMA_NUM_PARALLEL": self._configured} if self._configured else {}
+
+    def collect(self) -> Iterable[Metric]:
+        settings = self.settings()
+        slots = settings.get("OLLAMA_NUM_PARALLEL")
+        if "OLLAMA_MAX_QUEUE" in settings:
+            yield gauge("ollama_max_queue", "OLLAMA_MAX_QUEUE: requests needing a model load that Ollama queues "
+                        "before answering 503 server busy.", samples=[((), settings["OLLAMA_MAX_QUEUE"])])
+        if slots is None:
+            return
+        yield gauge("ollama_parallel_slots", "OLLAMA_NUM_PARALLEL: requests a loaded model serves at once "
+                    "(embedding models: 1).", samples=[((), slots)])
+        per_model: dict[str, list[float]] = {}
+        for (endpoint, model), cell in self._in_flight._items():
+            if model in ("", "none"):
+                continue
+            counts = per_model.setdefault(model, [0.0, 0.0])  # [all in flight, of which on embedding routes]
+            counts[0] += cell.value
+            if endpoint in EMBEDDING_ENDPOINTS:
+                counts[1] += cell.value
+        yield gauge("ollama_requests_waiting_estimate",
+                    "Estimate of the requests waiting in Ollama for a parallel slot, per model: those in flight "
+                    "through the proxy beyond the slots (ollama_parallel_slots; 1 for embedding models).",
+                    ["model"], [((model, ), max(total - (1 if total and embedding == total else slots), 0.0))
+                                for model, (total, embedding) in per_model.items()])
+
+
 def register_telemetry(registry: CollectorRegistry, poller: OllamaStatePoller, gpu: GpuSampler | None,
-                       processes: OllamaProcessSampler | None, host: HostSampler | None) -> None:
+                       processes: OllamaProcessSampler | None, host: HostSampler | None,
+                       queue: QueueCollector | None = None) -> None:
     registry.register(OllamaStateCollector(poller))
+    if queue is not None:
+        registry.register(queue)
     health = [poller.health]
     if gpu is not None:
         registry.register(GpuCollector(gpu))

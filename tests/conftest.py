@@ -91,7 +91,10 @@ async def full_proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnd
     Ollama server, the host, Ollama's state (one model loaded then another, so loads and unloads count),
     and the request log."""
     nvml = FakeNvml([FakeGpu("GPU-a", processes=[(1234, 2**30)]), FakeGpu("GPU-b", unsupported={"fan"})])
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    # The stand-in server carries Ollama's queue settings in its environment, as `ollama serve` would.
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)",
+        env={**os.environ, "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_MAX_QUEUE": "512"})
     samplers = Samplers(
         gpu=GpuSampler(0.05, process_name=lambda pid: "ollama", nvml_loader=lambda: nvml),
         processes=OllamaProcessSampler(0.05, ollama_pid=server.pid),

@@ -84,6 +84,16 @@ class Observation:
             return self.content_chunks, True
         return None, False
 
+    def queue_wait_estimate(self) -> float | None:
+        """Time Ollama spent outside compute on this request: ``total - load - prompt_eval - eval``, the wait
+        for a parallel slot plus templating and tokenisation (ollama-api.md §3.4: load_duration already holds the
+        scheduler's queue). Needs the final object's total_duration (native routes); a phase Ollama omitted was
+        zero (its fields are omitempty)."""
+        if self.total_seconds is None:
+            return None
+        compute = (self.load_seconds or 0.0) + (self.prompt_eval_seconds or 0.0) + (self.eval_seconds or 0.0)
+        return max(self.total_seconds - compute, 0.0)
+
     @property
     def lifecycle(self) -> bool:
         """A request that only loaded or unloaded a model (``done_reason`` load or unload), not a generation."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -41,7 +42,7 @@ class UpstreamResponse:
     """A response whose head has arrived. ``read()`` the body to its end, then ``release()`` (always, also on
     failure or cancellation): the connection goes back to the pool only if the exchange ended cleanly."""
 
-    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "read")
+    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "head_at", "read", "sent_at")
 
     def __init__(self, client: UpstreamClient, connection: Connection, head: ResponseHead,
                  sender: asyncio.Task[None] | None) -> None:
@@ -53,6 +54,10 @@ class UpstreamResponse:
         self._connection = connection
         self._sender = sender
         self._released = False
+        # perf_counter times, for the proxy's own overhead: the request (its head) written upstream, and the
+        # response head read from upstream.
+        self.sent_at = 0.0
+        self.head_at = 0.0
 
     def release(self) -> None:
         if self._released:
@@ -101,10 +106,12 @@ class UpstreamClient:
             try:
                 if isinstance(body, AsyncIterator):
                     await connection.send(head)
+                    sent_at = time.perf_counter()
                     sender = asyncio.create_task(_send_stream(connection, body, chunked=chunked))
                     sender.add_done_callback(_retrieve)
                 else:
                     await connection.send(head + body if body else head)
+                    sent_at = time.perf_counter()
                 response_head = await connection.head()
             except (ResponseFailed, ConnectionResetError) as exc:
                 connection.close()
@@ -120,7 +127,9 @@ class UpstreamClient:
                 if sender is not None:
                     sender.cancel()
                 raise
-            return UpstreamResponse(self, connection, response_head, sender)
+            response = UpstreamResponse(self, connection, response_head, sender)
+            response.sent_at, response.head_at = sent_at, connection.head_at
+            return response
 
     def put_back(self, connection: Connection) -> None:
         head = connection.parser.head if connection.parser is not None else None

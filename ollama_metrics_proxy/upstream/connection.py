@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import time
 from collections import deque
 from typing import Final, cast
 
@@ -32,6 +33,7 @@ class Connection(asyncio.Protocol):
         "_reading_paused",
         "_writing_paused",
         "closed",
+        "head_at",
         "idle_since",
         "parser",
         "received_any",
@@ -46,6 +48,7 @@ class Connection(asyncio.Protocol):
         self.received_any = False  # any byte of the current response: decides whether a retry is safe
         self.idle_since = 0.0
         self.retire_at = 0.0  # loop time after which the pool no longer hands it out
+        self.head_at = 0.0  # perf_counter time the current response's head was complete
         self._loop = asyncio.get_running_loop()
         self._body: deque[bytes] = deque()
         self._buffered = 0
@@ -76,6 +79,8 @@ class Connection(asyncio.Protocol):
             return
         self._deliver(body)
         if parser.head is not None:
+            if not self.head_at:
+                self.head_at = time.perf_counter()
             _wake(self._read_waiter)
 
     def eof_received(self) -> bool | None:
@@ -103,6 +108,7 @@ class Connection(asyncio.Protocol):
 
     def begin(self, parser: ResponseParser) -> None:
         self.parser = parser
+        self.head_at = 0.0
         self.received_any = False
         self._error = None
 
