@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from ollama_metrics_proxy.otel import parse_headers
 from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.webconfig import WebConfigError, load_web_config
 
@@ -79,6 +80,9 @@ class Config:
     request_head_timeout: float = 10.0
     web_config_file: str | None = None
     ollama_num_parallel: int | None = None
+    otlp_endpoint: str | None = None
+    otlp_interval: float = 60.0
+    otlp_headers: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line and --check-config: switches as on/off."""
@@ -116,6 +120,9 @@ class Config:
             "request_head_timeout": self.request_head_timeout,
             "web_config_file": self.web_config_file or "none (plain HTTP, no authentication)",
             "ollama_num_parallel": self.ollama_num_parallel or "from the Ollama process when visible",
+            "otlp_endpoint": redact_url(self.otlp_endpoint) if self.otlp_endpoint else "off",
+            "otlp_interval": self.otlp_interval,
+            "otlp_headers": ",".join(f"{name}=***" for name, _ in self.otlp_headers) or "none",
         }
 
 
@@ -225,6 +232,26 @@ def parse_non_negative_float(text: str) -> float:
 
 def parse_metrics_listen(text: str) -> HostPort:
     return parse_listen(text, example=DEFAULT_METRICS_LISTEN)
+
+
+def parse_otlp_endpoint(text: str) -> str | None:
+    if not text.strip():
+        return None
+    try:
+        parts = urlsplit(text.strip())
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"is not a URL ({exc}): {redact_url(text)!r}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigError(f"must be an http:// or https:// URL of an OTLP collector, got {redact_url(text)!r}")
+    return text.strip()
+
+
+def parse_otlp_headers(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return tuple(parse_headers(text).items())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_web_config_file(text: str) -> str | None:
@@ -419,6 +446,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("ollama_num_parallel", "--ollama-num-parallel", parse_optional_pid, "",
            "Ollama's OLLAMA_NUM_PARALLEL, for the estimate of requests waiting for a slot, when the proxy cannot "
            "read it from the Ollama server's environment"),
+    Option("otlp_endpoint", "--otlp-endpoint", parse_otlp_endpoint, "",
+           "push the OpenTelemetry GenAI metrics over OTLP/HTTP to this collector URL (off by default; "
+           "/v1/metrics is added to a URL without a path)"),
+    Option("otlp_interval", "--otlp-interval", parse_positive_float, "60", "seconds between OTLP pushes"),
+    Option("otlp_headers", "--otlp-headers", parse_otlp_headers, "",
+           "headers for the OTLP pushes, name=value pairs separated by commas (authentication). Prefer the "
+           "variable"),
     Option("web_config_file", "--web-config-file", parse_web_config_file, "",
            "TLS and basic authentication for the metrics listener, in the Prometheus exporter-toolkit "
            "web-config format (tls_server_config, basic_auth_users with bcrypt hashes)"),
@@ -457,6 +491,7 @@ METAVARS = {
     "client_header": "NAME", "admin_token": "TOKEN", "openai_usage": "MODE", "client_hash_key": "KEY",
     "allowed_hosts": "NAMES", "shutdown_grace": "SECONDS", "max_connections": "N", "idle_timeout": "SECONDS",
     "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
+    "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS",
 }
 SHOWN_DEFAULTS = {
     "ollama_pid": "found by name",
@@ -468,6 +503,8 @@ SHOWN_DEFAULTS = {
     "allowed_hosts": "none: this machine's names and addresses only",
     "web_config_file": "none: plain HTTP, no authentication",
     "ollama_num_parallel": "read from the Ollama server's environment",
+    "otlp_endpoint": "off",
+    "otlp_headers": "none",
 }
 
 

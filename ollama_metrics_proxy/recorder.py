@@ -12,6 +12,7 @@ from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
 from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import FastCounter, FastHistogram, TrafficMetrics
+from ollama_metrics_proxy.otel import GenAiMetrics
 from ollama_metrics_proxy.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
@@ -19,11 +20,12 @@ log = logging.getLogger("ollama_metrics_proxy.requests")
 
 class Recorder:
     def __init__(self, metrics: TrafficMetrics, models: ModelLabels, live: LiveStats | None = None,
-                 request_log: RequestLog | None = None) -> None:
+                 request_log: RequestLog | None = None, otel: GenAiMetrics | None = None) -> None:
         self.metrics = metrics
         self.models = models
         self.live = live if live is not None else LiveStats()
         self.request_log = request_log
+        self.otel = otel  # --otlp-endpoint: None, and never touched, unless asked for
 
     def start(self, exchange: Exchange) -> str:
         """Count the request in flight; returns the model label used, to pass back to ``finish``.
@@ -47,6 +49,12 @@ class Recorder:
             self.live.request_finished(exchange, model)
         except Exception:
             self._internal_error("record")
+            model = ""
+        if self.otel is not None and model:
+            try:
+                self.otel.record(exchange, model)
+            except Exception:
+                self._internal_error("otel")
         if self.request_log is not None:
             try:
                 self.request_log.submit(exchange)

@@ -37,6 +37,7 @@ from ollama_metrics_proxy.listener import (
 from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.otel import GenAiMetrics, MissingPackage
 from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import Recorder
 from ollama_metrics_proxy.redact import redact_url
@@ -122,6 +123,8 @@ class RunningProxy:
             await runner.cleanup()
         if self.request_log is not None:  # writes what is still queued
             await asyncio.to_thread(self.request_log.stop, REQUEST_LOG_STOP_SECONDS)
+        if self.recorder.otel is not None:  # one last push
+            await asyncio.to_thread(self.recorder.otel.shutdown)
         self.upstream.close()
         await self.session.close()
 
@@ -138,7 +141,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     models = ModelLabels(config.max_models, metrics.label_overflows.labels("model").inc)
     live = LiveStats()
     request_log = build_request_log(config, registry)
-    recorder = Recorder(metrics, models, live, request_log)
+    otel = build_otel(config)
+    recorder = Recorder(metrics, models, live, request_log, otel)
     session = poller_session(config)
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
@@ -185,6 +189,15 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     for sampler in samplers.all():
         sampler.start()
     return running
+
+
+def build_otel(config: Config) -> GenAiMetrics | None:
+    if config.otlp_endpoint is None:
+        return None  # nothing of OpenTelemetry is imported: Prometheus alone costs the relay nothing more
+    try:
+        return GenAiMetrics(config.otlp_endpoint, config.otlp_interval, dict(config.otlp_headers))
+    except MissingPackage as exc:
+        raise StartupError(str(exc)) from None
 
 
 def api_host_check(config: Config) -> Callable[[str | None], bool] | None:
