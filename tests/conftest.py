@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from ollama_metrics_proxy.config import Config, HostPort
 from ollama_metrics_proxy.gpu import GpuSampler
@@ -56,6 +59,28 @@ class ProxyUnderTest:
     def value(self, name: str, /, **labels: str) -> float:
         """A sample's current value, 0 when the series does not exist yet."""
         return self.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, name: str) -> float:
+        """A sample summed over every label set."""
+        return sum(sample.value for family in self.registry.collect() for sample in family.samples
+                   if sample.name == name)
+
+    async def settled(self, requests: int) -> None:
+        """Wait until ``requests`` requests are recorded (the proxy records just after the last byte)."""
+        for _ in range(500):
+            if self.total("ollama_requests_total") >= requests:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the proxy did not record {requests} requests")
+
+
+async def serve_app(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, str]:
+    """An aiohttp application on a free loopback port; returns its runner (to clean up) and base URL."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
 
 def config_for(upstream: str, **overrides: object) -> Config:
@@ -149,3 +174,15 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
+
+
+async def started_addresses(process: asyncio.subprocess.Process, timeout: float = 30) -> tuple[str, str]:
+    """Reads a child proxy's log until its start-up line; returns the API's and the metrics listener's host:port."""
+    assert process.stderr is not None
+    line = b""
+    while b"started" not in line:
+        line = await asyncio.wait_for(process.stderr.readline(), timeout=timeout)
+        assert line, "the proxy did not start"
+    found = re.search(rb"Ollama API on http://([\d.:]+) .* metrics on https?://([\d.:]+)/metrics", line)
+    assert found is not None, line
+    return found[1].decode(), found[2].decode()

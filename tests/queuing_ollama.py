@@ -11,6 +11,8 @@ from collections import defaultdict
 
 from aiohttp import web
 
+from tests.conftest import serve_app
+
 BUSY = {"error": "server busy, please try again.  maximum pending requests exceeded"}
 
 
@@ -32,11 +34,7 @@ class QueuingOllama:
         app = web.Application()
         app.router.add_post("/api/chat", self._chat)
         app.router.add_get("/api/{state:version|ps|tags}", self._state)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, self.url = await serve_app(app, handler_cancellation=True)
         return self
 
     async def stop(self) -> None:

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import ProxyUnderTest
+from tests.conftest import ProxyUnderTest, started_addresses
 from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).parent.parent
@@ -151,15 +151,9 @@ async def test_the_image_environment_writes_its_log_into_the_volume_with_no_home
         sys.executable, "-m", "ollama_metrics_proxy", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
         "--upstream", fake.url, "--gpu", "off", env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
     try:
-        assert process.stderr is not None
-        line = b""
-        while b"started" not in line:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-            assert line, "the proxy did not start"
-        api = re.search(rb"Ollama API on http://([\d.:]+)", line)
-        assert api is not None
+        api, _ = await started_addresses(process)
         async with aiohttp.ClientSession() as http, http.post(
-                f"http://{api[1].decode()}/api/generate", json={"model": "llama3.2"}) as response:
+                f"http://{api}/api/generate", json={"model": "llama3.2"}) as response:
             await response.read()
     finally:
         process.terminate()

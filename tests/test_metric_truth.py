@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ollama_metrics_proxy.server import build_registry, start
-from tests.conftest import ProxyUnderTest, config_for
+from tests.conftest import ProxyUnderTest, config_for, serve_app
 from tests.fake_ollama import RECORDINGS, ROUTES, WITHOUT_USAGE, FakeOllama
 from tests.ground_truth import JSON, NDJSON, SSE, Expected, expected_for, messages_of, respace
 
@@ -80,11 +80,7 @@ class ScriptedUpstream:
     async def start(self) -> ScriptedUpstream:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._play)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, self.url = await serve_app(app, handler_cancellation=True)
         return self
 
     async def stop(self) -> None:
@@ -318,13 +314,13 @@ async def test_mixed_traffic_decode_speed_is_the_native_truth(fake: FakeOllama, 
             for path, extra in others:
                 async with http.post(proxy.url + path, json={"model": "llama3.2", **extra}) as reply:
                     await reply.read()
-            await _wait_recorded(proxy, len(native) + len(others))
+            await proxy.settled(len(native) + len(others))
             finals = [json.loads(ROUTES[key].body.splitlines()[-1]) for key in native]
             truth = sum(f["eval_count"] for f in finals) / (sum(f["eval_duration"] for f in finals) / 1e9)
-            tokens = sum_of(proxy.registry, "ollama_eval_tokens_total")
-            seconds = sum_of(proxy.registry, "ollama_eval_seconds_total")
+            tokens = proxy.total("ollama_eval_tokens_total")
+            seconds = proxy.total("ollama_eval_seconds_total")
             assert tokens / seconds == pytest.approx(truth)
-            everything = sum_of(proxy.registry, "ollama_generation_tokens_total")
+            everything = proxy.total("ollama_generation_tokens_total")
             assert everything / seconds > truth * 1.01  # what the old rule divided: not the truth
             running.request_log.flush()  # type: ignore[union-attr]
             async with http.get(proxy.metrics_url + "/-/models") as reply:
@@ -356,15 +352,3 @@ async def test_a_long_mostly_cached_prompt_lands_in_a_finite_prefill_bucket(
     below_inf = proxy.value("ollama_prompt_tokens_per_second_bucket", le="1000000.0", **labels)
     above_old_top = below_inf - proxy.value("ollama_prompt_tokens_per_second_bucket", le="50000.0", **labels)
     assert below_inf == 1 and above_old_top == 1
-
-
-def sum_of(registry: CollectorRegistry, name: str) -> float:
-    return sum(sample.value for family in registry.collect() for sample in family.samples if sample.name == name)
-
-
-async def _wait_recorded(proxy: ProxyUnderTest, requests: int) -> None:
-    for _ in range(500):
-        if sum_of(proxy.registry, "ollama_requests_total") >= requests:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the proxy did not record {requests} requests")

@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from ollama_metrics_proxy.otel import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
 from ollama_metrics_proxy.server import build_registry, start
-from tests.conftest import ProxyUnderTest, config_for
+from tests.conftest import ProxyUnderTest, config_for, serve_app
 from tests.fake_ollama import FakeOllama
 from tests.test_relay import wait_for
 
@@ -30,11 +30,7 @@ class OtlpReceiver:
     async def start(self) -> OtlpReceiver:
         app = web.Application()
         app.router.add_post("/v1/metrics", self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, self.url = await serve_app(app)
         return self
 
     async def _receive(self, request: web.Request) -> web.Response:

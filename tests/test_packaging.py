@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import venv
@@ -14,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.conftest import started_addresses
 from tests.fake_ollama import FakeOllama, rec
 
 ROOT = Path(__file__).parent.parent
@@ -45,14 +45,7 @@ async def test_the_installed_wheel_starts_relays_and_serves_its_page(
         "--gpu", "off", "--log-db", str(tmp_path / "log.sqlite3"), env=env, cwd=tmp_path,  # not the checkout
         stderr=asyncio.subprocess.PIPE)
     try:
-        assert process.stderr is not None
-        line = b""
-        while b"started" not in line:
-            line = await asyncio.wait_for(process.stderr.readline(), timeout=30)
-            assert line, "the installed command did not start"
-        found = re.search(rb"Ollama API on http://([\d.:]+) .* metrics on http://([\d.:]+)/metrics", line)
-        assert found is not None, line
-        api, metrics = found[1].decode(), found[2].decode()
+        api, metrics = await started_addresses(process)
         async with aiohttp.ClientSession() as http:
             async with http.post(f"http://{api}/api/generate", json={"model": "llama3.2"}) as response:
                 assert await response.read() == rec("generate_stream.ndjson").body

@@ -88,17 +88,24 @@ class Prometheus:
 
 @pytest.fixture
 async def prometheus(full_proxy: ProxyUnderTest, tmp_path: Path) -> AsyncIterator[Prometheus]:
-    assert PROMETHEUS is not None, "CI must have prometheus: make test installs Debian's prometheus package"
     target = full_proxy.metrics_url.removeprefix("http://")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in RULE_FILES],
         "scrape_configs": [{"job_name": "ollama-proxy", "static_configs": [{"targets": [target]}]}],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    async with running_prometheus(config, tmp_path) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def running_prometheus(config: dict[str, object], directory: Path) -> AsyncIterator[Prometheus]:
+    """A real Prometheus with this configuration, ready to query; stopped on leaving."""
+    assert PROMETHEUS is not None, "CI must have prometheus: make test installs Debian's prometheus package"
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        PROMETHEUS, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     async with aiohttp.ClientSession() as api:  # Prometheus gzips its answers
@@ -205,7 +212,6 @@ async def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_
     from ollama_metrics_proxy.server import build_registry, start
     from tests.conftest import config_for
 
-    assert PROMETHEUS is not None, "CI must have prometheus: make test installs Debian's prometheus package"
     cert, key = self_signed
     password = "scrape-secret-42"
     web_config = tmp_path / "web.yml"
@@ -222,16 +228,9 @@ async def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_
 
     config = {"global": {"scrape_interval": "1s"},
               "scrape_configs": [job("right", password), job("wrong", "not-the-password")]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        async with aiohttp.ClientSession() as api:
-            server = Prometheus(f"http://127.0.0.1:{port}", api)
-            await _wait_ready(server, process)
+        async with running_prometheus(config, tmp_path) as server:
+            api = server.http
             await server.wait_for('up{job="right"} == 1')
             await server.wait_for('ollama_up{job="right"}')
             await server.wait_for('up{job="wrong"} == 0')
@@ -239,10 +238,8 @@ async def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_
                 targets = (await response.json())["data"]["activeTargets"]
             wrong = next(t for t in targets if t["labels"]["job"] == "wrong")
             assert "401" in wrong["lastError"]
-            # Plain HTTP and no credentials are refused too.
+            # No credentials are refused too.
             async with api.get(f"https://{target}/metrics", ssl=False) as response:
                 assert response.status == 401 and "Basic" in response.headers["WWW-Authenticate"]
     finally:
-        process.terminate()
-        await process.wait()
         await running.stop()

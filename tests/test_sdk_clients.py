@@ -61,7 +61,7 @@ async def test_two_hundred_sdk_streams_are_all_successes_with_estimated_tokens(
                           for data in recorded("/v1/chat/completions", usage=False).decode().split("data: ")[1:]
                           if data.strip() != "[DONE]")
     assert all(text == wanted_text for text, _ in results)
-    await _settled(proxy, 200)
+    await proxy.settled(200)
     endpoint = {"endpoint": "/v1/chat/completions", **LLAMA}
     assert proxy.value("ollama_requests_total", outcome="success", **endpoint) == 200
     assert proxy.value("ollama_requests_total", outcome="aborted", **endpoint) == 0
@@ -77,7 +77,7 @@ async def test_sdk_with_include_usage_counts_exactly(fake: FakeOllama, proxy: Pr
         _, chunks = await streamed_chat(client, stream_options={"include_usage": True})
         assert chunks[-1].usage.completion_tokens == expected.reported_generation  # type: ignore[attr-defined]
     await client.close()
-    await _settled(proxy, 5)
+    await proxy.settled(5)
     endpoint = {"endpoint": "/v1/chat/completions", **LLAMA}
     assert proxy.value("ollama_generation_tokens_total", **endpoint) == 5 * expected.reported_generation  # type: ignore
     assert proxy.value("ollama_prompt_tokens_total", **endpoint) == 5 * expected.prompt_tokens  # type: ignore
@@ -100,7 +100,7 @@ async def test_injected_usage_is_exact_and_the_client_gets_the_bytes_ollama_woul
     sent = json.loads(fake.seen[-1].body)
     assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == CHAT
     expected = expected_for(path, recorded(path, usage=True), SSE)
-    await _settled(injecting, 1)
+    await injecting.settled(1)
     labels = {"endpoint": path, **LLAMA}
     assert injecting.value("ollama_generation_tokens_total", **labels) == expected.reported_generation
     assert injecting.value("ollama_prompt_tokens_total", **labels) == expected.prompt_tokens
@@ -155,20 +155,9 @@ async def test_anthropic_sdk_stream_counts_what_message_delta_reports(
         text = await stream.get_final_text()
     await client.close()
     assert text == "Hello from Claude's API shape."
-    await _settled(proxy, 1)
+    await proxy.settled(1)
     labels = {"endpoint": "/v1/messages", **LLAMA}
     assert proxy.value("ollama_requests_total", outcome="success", **labels) == 1
     assert proxy.value("ollama_generation_tokens_total", **labels) == expected.reported_generation
     assert proxy.value("ollama_prompt_tokens_total", **labels) == expected.prompt_tokens
     assert proxy.value("ollama_finished_requests_total", reason="end_turn", **labels) == 1
-
-
-async def _settled(proxy: ProxyUnderTest, requests: int) -> None:
-    """Wait until the proxy has recorded ``requests`` requests (it records just after the last byte)."""
-    for _ in range(500):
-        recorded_so_far = sum(sample.value for family in proxy.registry.collect() for sample in family.samples
-                              if sample.name == "ollama_requests_total")
-        if recorded_so_far >= requests:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the proxy did not record {requests} requests")
