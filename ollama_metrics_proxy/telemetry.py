@@ -225,9 +225,10 @@ EMBEDDING_ENDPOINTS = frozenset({"/api/embed", "/api/embeddings", "/v1/embedding
 class QueueCollector(_Described):
     """Running and waiting at Ollama, per model, from the requests in flight through the proxy and the number of
     parallel slots: OLLAMA_NUM_PARALLEL from the Ollama server's environment when visible, else
-    --ollama-num-parallel; unknown, the estimate is left out rather than guessed. An embedding model's runner
-    serves one request at a time (ollama-api.md, the scheduler), so a model seen only on embedding routes has one
-    slot."""
+    --ollama-num-parallel; unknown, the estimate is left out rather than guessed. Requests beyond a runner's slots
+    wait for one without bound, and an embedding model's runner serves one request at a time, so a model seen
+    only on embedding routes has one slot (../shared/reference/ollama-api.md §7.3, citing
+    ollama:envconfig/config.go:274-279 and the scheduler, ollama:server/sched.go)."""
 
     def __init__(self, in_flight: Any, processes: OllamaProcessSampler | None, configured: int | None) -> None:
         self._in_flight = in_flight

@@ -86,7 +86,8 @@ class Observation:
 
     def queue_wait_estimate(self) -> float | None:
         """Time Ollama spent outside compute on this request: ``total - load - prompt_eval - eval``, the wait
-        for a parallel slot plus templating and tokenisation (ollama-api.md §3.4: load_duration already holds the
+        for a parallel slot plus templating and tokenisation (../shared/reference/ollama-api.md §3.4, citing
+        ollama:server/routes.go: total_duration starts at handler entry, load_duration already holds the
         scheduler's queue). Needs the final object's total_duration (native routes); a phase Ollama omitted was
         zero (its fields are omitempty)."""
         if self.total_seconds is None:
