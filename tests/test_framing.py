@@ -202,3 +202,41 @@ async def test_absolute_form_and_pipelined_requests(recorded: tuple[Recorder, Pr
     writer.close()
     assert len(upstream.requests()) == 3
     assert upstream.received.count(b"POST /api/chat HTTP/1.1\r\n") == 3 and upstream.received.count(b"{}") == 3
+
+
+async def test_a_slow_client_holds_the_upstream_back_instead_of_filling_memory() -> None:
+    """64 MiB streamed as fast as the upstream can write; the client reads nothing for a while. The proxy pushes
+    each piece straight to the client's socket, so once that is full it must stop reading the upstream: what the
+    upstream managed to send stays within what socket buffers hold, and every byte still arrives in order."""
+    piece = bytes(range(256)) * 256  # 64 KiB
+    total = 1024
+    sent = 0
+
+    async def flood(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        head = await upstream.read_request(reader)
+        if head is None or not head.startswith(b"POST"):  # the proxy's polls of Ollama's state
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n{\"models\":[]}")
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(total):
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await writer.drain()
+            sent += len(piece)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with Upstream(flood) as upstream:
+        running = await start(config_for(upstream.url), registry=CollectorRegistry())
+        try:
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"http://127.0.0.1:{running.proxy_address.port}/api/pull", data=b"{}") as response:  # type: ignore[union-attr]
+                await asyncio.sleep(1.0)  # the client reads nothing
+                held_back = sent
+                received = 0
+                async for chunk in response.content.iter_any():
+                    received += len(chunk)
+            assert received == total * len(piece)
+            assert held_back < 24 * 1024 * 1024, f"{held_back / 2**20:.0f} MiB read from the upstream unrelayed"
+        finally:
+            await running.stop()
