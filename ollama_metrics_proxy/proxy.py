@@ -179,14 +179,29 @@ class Proxy:
         response = web.StreamResponse(status=head.status, reason=head.reason, headers=headers)
         await response.prepare(request)
         exchange.overhead_response = max(time.perf_counter() - upstream.head_at, 0.0) if upstream.head_at else None
-        relay = ClientRelay(request, exchange, upstream, self._observer(exchange), self._recorder,
-                            UsageStripper() if exchange.usage_injected and exchange.streaming else None)
+        observer = self._observer(exchange)
+        captured = exchange.captured_response
+        read = upstream.read
+        stripper = UsageStripper() if exchange.usage_injected and exchange.streaming else None
         try:
-            # Each piece of body goes to the client inside the upstream connection's own callback, as it is
-            # parsed: relaying a streamed token wakes no task. This coroutine only waits for the end.
-            upstream.stream_to(relay)
-            await upstream.finished()
-            relay.close()
+            while chunk := await read():
+                relayed = chunk if stripper is None else stripper.feed(chunk)
+                try:
+                    if relayed:
+                        await response.write(relayed)
+                except ConnectionResetError:
+                    exchange.finish(client_left(exchange, observer.observation), self._clock())
+                    return response  # aiohttp notices the closed transport itself
+                exchange.bytes_out += len(relayed)
+                if captured is not None and len(captured) < CAPTURE_BYTES:
+                    captured += relayed[: CAPTURE_BYTES - len(captured)]
+                try:
+                    observer.feed(chunk)  # the upstream's bytes: with injected usage, the figures are in them
+                except Exception:
+                    observer = self._observer_failed(observer)
+            if stripper is not None and (rest := stripper.close()):
+                await response.write(rest)
+                exchange.bytes_out += len(rest)
         except BodyFailed as exc:
             exchange.finish(Outcome.UPSTREAM_ERROR, self._clock())
             log.warning("upstream broke off %s %s mid-response: it %s", request.method, request.path, exc)
@@ -196,10 +211,7 @@ class Proxy:
             return response
         finally:
             # Also on cancellation: what was relayed before the client left still counts.
-            exchange.observation = self._close(relay.observer)
-        if relay.client_gone:
-            exchange.finish(client_left(exchange), self._clock())
-            return response  # aiohttp notices the closed transport itself
+            exchange.observation = self._close(observer)
         await response.write_eof()
         exchange.finish(outcome_for_response(exchange), self._clock())
         return response
@@ -210,6 +222,13 @@ class Proxy:
         except Exception:
             self._recorder.count_internal_error("observe")
             return Observer(self._clock)
+
+    def _observer_failed(self, observer: Observer) -> Observer:
+        """An observer bug must not stop the relay: keep what it learned so far and stop observing."""
+        self._recorder.count_internal_error("observe")
+        replacement = Observer(self._clock)
+        replacement.observation = observer.observation
+        return replacement
 
     def _close(self, observer: Observer) -> Observation:
         try:
@@ -226,80 +245,6 @@ async def _continue(request: web.BaseRequest) -> None:
     """
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the interim response is not part of the reply's size
-
-
-class ClientRelay:
-    """Writes each piece of an upstream body straight to the client's transport (chunked framing included, as
-    aiohttp set it up in ``prepare()``), then lets the observer see it. Called from the upstream connection's
-    protocol callback, so it never awaits: when the client's socket buffer is full it pauses reading the upstream
-    and resumes once the client has drained, which keeps memory flat for a slow client."""
-
-    __slots__ = ("_capture", "_chunked", "_exchange", "_protocol", "_recorder", "_request", "_resumer",
-                 "_stripper", "_transport", "_upstream", "client_gone", "observer")
-
-    def __init__(self, request: web.BaseRequest, exchange: Exchange, upstream: UpstreamResponse,
-                 observer: Observer, recorder: Recorder, stripper: UsageStripper | None) -> None:
-        self._request = request
-        self._exchange = exchange
-        self._transport = request.transport
-        self._protocol = request.protocol
-        self._chunked = bool(getattr(request.writer, "chunked", False))
-        self._recorder = recorder
-        self._stripper = stripper
-        self._capture = exchange.captured_response
-        self._resumer: asyncio.Task[None] | None = None
-        self._upstream = upstream
-        self.observer = observer
-        self.client_gone = False
-
-    def __call__(self, body: bytes) -> None:
-        relayed = body if self._stripper is None else self._stripper.feed(body)
-        if relayed:
-            self._write(relayed)
-        try:
-            self.observer.feed(body)  # the upstream's bytes: with injected usage, the figures are in them
-        except Exception:
-            self._observer_failed()
-
-    def close(self) -> None:
-        """The body ended: what the usage stripper still holds goes out."""
-        if self._stripper is not None and (rest := self._stripper.close()):
-            self._write(rest)
-
-    def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self.client_gone = True  # the client left: aiohttp cancels the handler, which closes the upstream
-            return
-        if self._chunked:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            transport.write(data)
-        exchange = self._exchange
-        exchange.bytes_out += len(data)
-        capture = self._capture
-        if capture is not None and len(capture) < CAPTURE_BYTES:
-            capture += data[: CAPTURE_BYTES - len(capture)]
-        if self._protocol is not None and self._protocol.writing_paused and self._resumer is None:
-            self._resumer = asyncio.ensure_future(self._wait_for_client())
-
-    async def _wait_for_client(self) -> None:
-        """The client's buffer is full: stop reading the upstream until it drains."""
-        self._upstream.pause_reading()
-        try:
-            await self._request.writer.drain()
-        except (ConnectionError, RuntimeError):
-            self.client_gone = True
-        finally:
-            self._upstream.resume_reading()
-            self._resumer = None
-
-    def _observer_failed(self) -> None:
-        """An observer bug must not stop the relay: keep what it learned so far and stop observing."""
-        self._recorder.count_internal_error("observe")
-        replacement = Observer()
-        replacement.observation = self.observer.observation
-        self.observer = replacement
 
 
 def _abort(request: web.BaseRequest) -> None:

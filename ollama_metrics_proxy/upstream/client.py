@@ -42,8 +42,7 @@ class UpstreamResponse:
     """A response whose head has arrived. ``read()`` the body to its end, then ``release()`` (always, also on
     failure or cancellation): the connection goes back to the pool only if the exchange ended cleanly."""
 
-    __slots__ = ("_client", "_connection", "_released", "_sender", "finished", "head", "head_at",
-                 "pause_reading", "read", "resume_reading", "sent_at", "stream_to")
+    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "head_at", "read", "sent_at")
 
     def __init__(self, client: UpstreamClient, connection: Connection, head: ResponseHead,
                  sender: asyncio.Task[None] | None) -> None:
@@ -51,11 +50,6 @@ class UpstreamResponse:
         # The body bytes read since the last call, b"" at the end; raises BodyFailed if the body broke off.
         # The connection's own method, so that relaying a chunk costs no extra call.
         self.read: Callable[[], Awaitable[bytes]] = connection.read
-        # Or: push the body to a sink as it is parsed (``stream_to``), then await ``finished()``.
-        self.stream_to: Callable[[Callable[[bytes], None]], None] = connection.stream_to
-        self.finished: Callable[[], Awaitable[None]] = connection.finished
-        self.pause_reading: Callable[[], None] = connection.pause_reading
-        self.resume_reading: Callable[[], None] = connection.resume_reading
         self._client = client
         self._connection = connection
         self._sender = sender

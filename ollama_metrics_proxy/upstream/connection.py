@@ -12,7 +12,6 @@ import asyncio
 import select
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Final, cast
 
 from ollama_metrics_proxy.upstream.errors import BodyFailed, ResponseFailed, UpstreamError
@@ -39,7 +38,6 @@ class Connection(asyncio.Protocol):
         "parser",
         "received_any",
         "retire_at",
-        "sink",
         "transport",
     )
 
@@ -51,9 +49,6 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.retire_at = 0.0  # loop time after which the pool no longer hands it out
         self.head_at = 0.0  # perf_counter time the current response's head was complete
-        # Where the body goes as it is parsed, in the protocol callback itself (see ``stream_to``); None: it waits
-        # in a queue for ``read()``.
-        self.sink: Callable[[bytes], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._body: deque[bytes] = deque()
         self._buffered = 0
@@ -86,8 +81,7 @@ class Connection(asyncio.Protocol):
         if parser.head is not None:
             if not self.head_at:
                 self.head_at = time.perf_counter()
-            if self.sink is None or parser.complete:  # a streaming relay only waits for the end
-                _wake(self._read_waiter)
+            _wake(self._read_waiter)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -115,7 +109,6 @@ class Connection(asyncio.Protocol):
     def begin(self, parser: ResponseParser) -> None:
         self.parser = parser
         self.head_at = 0.0
-        self.sink = None
         self.received_any = False
         self._error = None
 
@@ -139,34 +132,6 @@ class Connection(asyncio.Protocol):
             if self.parser is None or self.parser.complete:
                 return b""
             await self._wait_to_read()
-
-    def stream_to(self, sink: Callable[[bytes], None]) -> None:
-        """From now on hand each piece of body to ``sink`` as soon as it is parsed, without waking any task: the
-        relay of a streamed token is then one protocol callback. What already arrived goes first."""
-        if self._body:
-            sink(self._take_body())
-        self.sink = sink
-
-    async def finished(self) -> None:
-        """Wait for the end of the body (after ``stream_to``); raises ``BodyFailed`` if it broke off, after the
-        sink has had everything that arrived before the break."""
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self.parser is None or self.parser.complete or self.closed:
-                return
-            await self._wait_to_read()
-
-    def pause_reading(self) -> None:
-        """The sink's client cannot keep up: stop reading the upstream until ``resume_reading``."""
-        if not self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
 
     async def send(self, *pieces: bytes) -> None:
         """Write, waiting while the socket's buffer is over its high-water mark (large uploads). Several pieces
@@ -220,9 +185,7 @@ class Connection(asyncio.Protocol):
         return chunk
 
     def _deliver(self, body: bytes) -> None:
-        if body and self.sink is not None:
-            self.sink(body)
-        elif body:
+        if body:
             self._body.append(body)
             self._buffered += len(body)
             if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
