@@ -141,15 +141,15 @@ class GuardedSite(web.BaseSite):
 
 def raise_open_file_limit() -> tuple[int, int]:
     """Raise the soft limit on open files to the hard limit (the common soft 1024 is far below what a proxy of
-    many streams needs: two descriptors per request in flight). Returns (before, after)."""
+    many streams needs: two descriptors per request in flight). The hard limit is left as it is. Returns the soft
+    limit before and after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1_048_576)
-    if soft < hard:
+    target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
             return soft, soft
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
