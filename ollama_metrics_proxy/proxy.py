@@ -278,12 +278,14 @@ class RequestBody:
         length = self._request.content_length
         if not self._request.body_exists or length is None or length > MAX_REWRITTEN_BODY:
             return False
-        while len(self._first) < length and not self._request.content.at_eof():
+        body = bytearray(self._first)  # one growing buffer: a large chat body arrives in many pieces
+        while len(body) < length and not self._request.content.at_eof():
             chunk = await self._request.content.readany()
             if not chunk:
                 break
             self._note(chunk)
-            self._first += chunk
+            body += chunk
+        self._first = bytes(body)
         rewritten = with_include_usage(self._first) if len(self._first) == length else None
         if rewritten is None:
             return False

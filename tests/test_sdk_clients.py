@@ -161,3 +161,25 @@ async def test_anthropic_sdk_stream_counts_what_message_delta_reports(
     assert proxy.value("ollama_generation_tokens_total", **labels) == expected.reported_generation
     assert proxy.value("ollama_prompt_tokens_total", **labels) == expected.prompt_tokens
     assert proxy.value("ollama_finished_requests_total", reason="end_turn", **labels) == 1
+
+
+async def test_inject_rewrites_a_large_body_that_arrives_in_pieces(
+    fake: FakeOllama, injecting: ProxyUnderTest,
+) -> None:
+    """A 900 kB streamed chat request (an image in base64, say), sent in 64 KiB pieces with its Content-Length:
+    read whole, given include_usage, sent on with everything else as it was."""
+    request = {"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "x" * 900_000}]}
+    body = json.dumps(request).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for at in range(0, len(body), 65536):
+            yield body[at : at + 65536]
+            await asyncio.sleep(0)
+
+    async with aiohttp.ClientSession() as http, http.post(
+            injecting.url + "/v1/chat/completions", data=pieces(),
+            headers={"Content-Length": str(len(body)), "Content-Type": "application/json"}) as response:
+        assert await response.read() == recorded("/v1/chat/completions", usage=False)
+    sent = json.loads(fake.seen[-1].body)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["messages"] == request["messages"]
