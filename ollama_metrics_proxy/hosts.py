@@ -89,24 +89,23 @@ class AllowedHosts:
 
     def allows(self, header: str | None) -> bool:
         """The metrics listener's rule."""
-        if self.everything or not header:
-            return True
-        host = host_name(header)
-        address = _ip(host)
-        if address is not None:
-            return address.is_loopback or address.is_unspecified or str(address) in self._addresses
-        return host in self._names or host.endswith(".localhost") or self._in_allowed_domain(host)
+        return self._allows(header, like_ollama=False)
 
     def allows_like_ollama(self, header: str | None) -> bool:
-        """The API port's rule: Ollama's own, plus ``--allowed-hosts``."""
+        """The API port's rule: Ollama's own, which also takes private addresses and names ending in .local and
+        .internal, plus ``--allowed-hosts``."""
+        return self._allows(header, like_ollama=True)
+
+    def _allows(self, header: str | None, *, like_ollama: bool) -> bool:
         if self.everything or not header:
             return True
         host = host_name(header)
         address = _ip(host)
         if address is not None:
-            return (address.is_loopback or address.is_private or address.is_unspecified
-                    or str(address) in self._addresses)
-        return host in self._names or host.endswith(OLLAMA_LOCAL_SUFFIXES) or self._in_allowed_domain(host)
+            return (address.is_loopback or address.is_unspecified or str(address) in self._addresses
+                    or (like_ollama and address.is_private))
+        suffixes = OLLAMA_LOCAL_SUFFIXES if like_ollama else (".localhost",)
+        return host in self._names or host.endswith(suffixes) or self._in_allowed_domain(host)
 
     def _in_allowed_domain(self, host: str) -> bool:
         return bool(self._domains) and host.endswith(self._domains)

@@ -77,6 +77,36 @@ WITHOUT_USAGE: dict[str, Recording] = {
     "/v1/chat/completions": rec("openai_chat_stream_no_usage.sse"),
     "/v1/completions": rec("openai_completions_stream_no_usage.sse"),
 }
+# Every recorded reply and the endpoint that produces it: streams, then whole JSON bodies. The observer tests and
+# the ground-truth suite both go through all of them.
+STREAMS = {
+    "generate_stream.ndjson": "/api/generate",
+    "chat_stream.ndjson": "/api/chat",
+    "chat_tool_stream.ndjson": "/api/chat",
+    "generate_midstream_error.ndjson": "/api/generate",
+    "generate_stream_garbage_line.ndjson": "/api/generate",  # a line that is not JSON: a parse error, no token
+    "pull_progress.ndjson": "/api/pull",
+    "openai_chat_stream.sse": "/v1/chat/completions",
+    "openai_chat_stream_no_usage.sse": "/v1/chat/completions",
+    "openai_chat_tool_stream_no_usage.sse": "/v1/chat/completions",
+    "openai_completions_stream.sse": "/v1/completions",
+    "openai_completions_stream_no_usage.sse": "/v1/completions",
+    "openai_chat_midstream_error.sse": "/v1/chat/completions",
+    "anthropic_stream.sse": "/v1/messages",
+    "anthropic_stream_error.sse": "/v1/messages",
+    "responses_stream.sse": "/v1/responses",
+}
+BODIES = {
+    "generate.json": "/api/generate",
+    "generate_load.json": "/api/generate",
+    "generate_unload.json": "/api/generate",
+    "chat.json": "/api/chat",
+    "embed.json": "/api/embed",
+    "embeddings_legacy.json": "/api/embeddings",
+    "openai_chat.json": "/v1/chat/completions",
+    "openai_embeddings.json": "/v1/embeddings",
+    "anthropic.json": "/v1/messages",
+}
 STREAM_BY_DEFAULT = frozenset({"/api/generate", "/api/chat", "/api/pull", "/api/push", "/api/create"})
 NOT_FOUND = rec("not_found.json", 404)
 

@@ -23,37 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from ollama_metrics_proxy.server import build_registry, start
 from tests.conftest import ProxyUnderTest, config_for, serve_app
-from tests.fake_ollama import RECORDINGS, ROUTES, WITHOUT_USAGE, FakeOllama
+from tests.fake_ollama import BODIES, RECORDINGS, ROUTES, STREAMS, WITHOUT_USAGE, FakeOllama
 from tests.ground_truth import JSON, NDJSON, SSE, Expected, expected_for, messages_of, respace
 
-STREAMS = {
-    "generate_stream.ndjson": "/api/generate",
-    "chat_stream.ndjson": "/api/chat",
-    "chat_tool_stream.ndjson": "/api/chat",
-    "generate_midstream_error.ndjson": "/api/generate",
-    "generate_stream_garbage_line.ndjson": "/api/generate",  # a line that is not JSON: a parse error, no token
-    "pull_progress.ndjson": "/api/pull",
-    "openai_chat_stream.sse": "/v1/chat/completions",
-    "openai_chat_stream_no_usage.sse": "/v1/chat/completions",
-    "openai_chat_tool_stream_no_usage.sse": "/v1/chat/completions",
-    "openai_completions_stream.sse": "/v1/completions",
-    "openai_completions_stream_no_usage.sse": "/v1/completions",
-    "openai_chat_midstream_error.sse": "/v1/chat/completions",
-    "anthropic_stream.sse": "/v1/messages",
-    "anthropic_stream_error.sse": "/v1/messages",
-    "responses_stream.sse": "/v1/responses",
-}
-BODIES = {
-    "generate.json": "/api/generate",
-    "generate_load.json": "/api/generate",
-    "generate_unload.json": "/api/generate",
-    "chat.json": "/api/chat",
-    "embed.json": "/api/embed",
-    "embeddings_legacy.json": "/api/embeddings",
-    "openai_chat.json": "/v1/chat/completions",
-    "openai_embeddings.json": "/v1/embeddings",
-    "anthropic.json": "/v1/messages",
-}
 CONTENT_TYPES = {NDJSON: "application/x-ndjson", SSE: "text/event-stream", JSON: "application/json; charset=utf-8"}
 CHUNKINGS = ("one_write", "per_message", "byte_by_byte", "random")
 STYLES = ("compact", "spaced", "pretty")
@@ -239,16 +211,8 @@ async def check_recording(upstream: ScriptedUpstream, proxy: ProxyUnderTest, nam
 
 
 @pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize(("name", "endpoint"), sorted(STREAMS.items()))
-async def test_streams_export_what_they_carry(
-    scripted: tuple[ScriptedUpstream, ProxyUnderTest], name: str, endpoint: str, style: str,
-) -> None:
-    await check_recording(*scripted, name, endpoint, style)
-
-
-@pytest.mark.parametrize("style", STYLES)
-@pytest.mark.parametrize(("name", "endpoint"), sorted(BODIES.items()))
-async def test_bodies_export_what_they_carry(
+@pytest.mark.parametrize(("name", "endpoint"), sorted({**STREAMS, **BODIES}.items()))
+async def test_every_recording_exports_what_it_carries(
     scripted: tuple[ScriptedUpstream, ProxyUnderTest], name: str, endpoint: str, style: str,
 ) -> None:
     await check_recording(*scripted, name, endpoint, style)

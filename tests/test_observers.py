@@ -13,30 +13,7 @@ from ollama_metrics_proxy.observe.extract import find_model
 from ollama_metrics_proxy.observe.json_body import JsonBodyObserver
 from ollama_metrics_proxy.observe.lines import LineBuffer
 from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
-from tests.fake_ollama import JSON, NDJSON, SSE, rec
-
-# recording -> the endpoint that produces it
-STREAMS = {
-    "generate_stream.ndjson": "/api/generate",
-    "chat_stream.ndjson": "/api/chat",
-    "chat_tool_stream.ndjson": "/api/chat",
-    "pull_progress.ndjson": "/api/pull",
-    "generate_midstream_error.ndjson": "/api/generate",
-    "openai_chat_stream.sse": "/v1/chat/completions",
-    "openai_completions_stream.sse": "/v1/completions",
-    "openai_chat_midstream_error.sse": "/v1/chat/completions",
-    "anthropic_stream.sse": "/v1/messages",
-    "responses_stream.sse": "/v1/responses",
-}
-BODIES = {
-    "generate.json": "/api/generate",
-    "chat.json": "/api/chat",
-    "embed.json": "/api/embed",
-    "embeddings_legacy.json": "/api/embeddings",
-    "openai_chat.json": "/v1/chat/completions",
-    "openai_embeddings.json": "/v1/embeddings",
-    "anthropic.json": "/v1/messages",
-}
+from tests.fake_ollama import BODIES, JSON, NDJSON, SSE, STREAMS, rec
 
 
 def observe(endpoint: str, name: str, pieces: list[bytes]) -> Observation:
