@@ -16,8 +16,10 @@ so the two agree.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 
@@ -38,11 +40,20 @@ class MissingPackage(RuntimeError):
     pass
 
 
-def metrics_url(endpoint: str) -> str:
-    """A collector's base URL gets OTLP's metrics path, as OTEL_EXPORTER_OTLP_ENDPOINT does; a URL that already
-    names a path is used as it is (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)."""
-    rest = endpoint.partition("://")[2]
-    return endpoint if "/" in rest.strip("/") else endpoint.rstrip("/") + "/v1/metrics"
+def metrics_target(endpoint: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The URL and headers to push to. A collector's base URL gets OTLP's metrics path, as
+    OTEL_EXPORTER_OTLP_ENDPOINT does; a URL that already names a path is used as it is
+    (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT). Credentials in the URL become Basic authentication (unless an
+    Authorization header is given), so the URL the exporter holds, and may log, carries no secret."""
+    parts = urlsplit(endpoint)
+    netloc = parts.netloc.rpartition("@")[2]
+    path = parts.path if parts.path.strip("/") else "/v1/metrics"
+    url = urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+    result = dict(headers)
+    if parts.username and not any(name.lower() == "authorization" for name in result):
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        result["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+    return url, result
 
 
 class GenAiMetrics:
@@ -60,7 +71,8 @@ class GenAiMetrics:
                                  "pip install 'ollama-metrics-proxy[otel]'") from exc
         from ollama_metrics_proxy import __version__
 
-        exporter = OTLPMetricExporter(endpoint=metrics_url(endpoint), headers=dict(headers))
+        url, push_headers = metrics_target(endpoint, headers)
+        exporter = OTLPMetricExporter(endpoint=url, headers=push_headers)
         reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000)
         views = [View(instrument_type=Histogram, instrument_name=name,
                       aggregation=ExplicitBucketHistogramAggregation(boundaries))

@@ -127,3 +127,21 @@ async def test_off_by_default_imports_nothing(fake: FakeOllama) -> None:
         assert running.recorder.otel is None
     finally:
         await running.stop()
+
+
+@pytest.mark.parametrize(("endpoint", "given", "url", "authorization"), [
+    ("http://collector:4318", {}, "http://collector:4318/v1/metrics", None),
+    ("https://collector:4318/", {}, "https://collector:4318/v1/metrics", None),
+    ("https://collector/otlp/v1/metrics", {}, "https://collector/otlp/v1/metrics", None),
+    ("https://ops:s%40cret@collector:4318", {}, "https://collector:4318/v1/metrics", "Basic b3BzOnNAY3JldA=="),
+    ("https://ops:secret@collector", {"authorization": "Bearer t"}, "https://collector/v1/metrics", None),
+])
+def test_the_push_target_carries_no_credentials_in_its_url(
+    endpoint: str, given: dict[str, str], url: str, authorization: str | None,
+) -> None:
+    from ollama_metrics_proxy.otel import metrics_target
+
+    got_url, headers = metrics_target(endpoint, given)
+    assert got_url == url and "secret" not in got_url and "cret" not in got_url
+    assert headers.get("Authorization") == authorization
+    assert {k: v for k, v in headers.items() if k != "Authorization"} == given
