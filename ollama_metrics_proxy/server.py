@@ -23,6 +23,7 @@ from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
 from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
+from ollama_metrics_proxy.front import FrontServer
 from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback, remembered
 from ollama_metrics_proxy.identity import ClientIdentity, load_key
 from ollama_metrics_proxy.labels import ModelLabels
@@ -97,6 +98,8 @@ class RunningProxy:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
     runners: list[web.BaseRunner] = field(default_factory=list)
+    api_server: FrontServer | None = None
+    api_listener: asyncio.Server | None = None
     proxy_address: HostPort | None = None
     metrics_address: HostPort | None = None
 
@@ -110,11 +113,17 @@ class RunningProxy:
         again, per listener; here the handlers are awaited once, so the whole stop takes the grace plus well
         under two seconds, which fits inside `docker stop`'s ten when the grace is the default eight.
         """
+        if self.api_listener is not None:
+            self.api_listener.close()  # no new connections
+        if self.api_server is not None:
+            self.api_server.close_idle()  # those already open finish their current request, then close
         for runner in self.runners:
             for site in list(runner.sites):
-                await site.stop()  # no new connections; those already open finish their current request
+                await site.stop()
         if self.proxy is not None:
             await self.proxy.drain(grace, CANCEL_WAIT_SECONDS)
+        if self.api_server is not None:
+            self.api_server.close_all()
         await self.poller.stop()
         # Sampler threads are daemons: one stuck in a driver call must not hold up the exit.
         await asyncio.gather(*(asyncio.to_thread(sampler.stop, SAMPLER_STOP_SECONDS)
@@ -154,16 +163,14 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
                       capture_content=config.log_content and request_log is not None,
                       inject_openai_usage=config.openai_usage == "inject",
                       host_allowed=api_host_check(config))
-        # The API port has one handler for every path: aiohttp's low-level server, without the application's
-        # router and middleware machinery, which would cost every request and add nothing here.
-        api_server = web.Server(proxy.handle, handler_cancellation=True, access_log=None,
-                                keepalive_timeout=config.idle_timeout)
+        # The API port has one handler for every path and its own lean HTTP/1.1 server (``front``).
         running.proxy = proxy
-        api_runner = web.ServerRunner(api_server, shutdown_timeout=CONNECTION_CLOSE_SECONDS)
+        running.api_server = FrontServer(proxy.handle, config.idle_timeout)
         limit = config.max_connections or default_max_connections()
         api_guard = guard_for(metrics, "api", limit, config.request_head_timeout,
                               f"ollama-metrics-proxy: too many connections (--max-connections {limit}); try again")
-        running.proxy_address = await _serve(running, api_runner, config.listen, "--listen", api_guard)
+        running.api_listener, running.proxy_address = await _listen(
+            running.api_server, config.listen, "--listen", api_guard)
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
         metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
@@ -250,7 +257,7 @@ def guard_for(metrics: TrafficMetrics, listener: str, limit: int, head_timeout: 
 
 async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPort, flag: str,
                  guard: ConnectionGuard, ssl_context: ssl.SSLContext | None = None) -> HostPort:
-    # handler_cancellation (set on both runners): a client that disconnects cancels its handler at once, which
+    # handler_cancellation (set on the runner): a client that disconnects cancels its handler at once, which
     # closes the upstream connection, so Ollama stops generating even while no bytes are flowing.
     await runner.setup()
     running.runners.append(runner)
@@ -262,6 +269,18 @@ async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPor
         raise StartupError(f"cannot listen on {address} ({flag}): {reason}") from None
     bound = runner.addresses  # (host, port, ...) per socket; tells the real port when 0 was asked for
     return HostPort(address.host, bound[0][1] if bound else address.port)
+
+
+async def _listen(server: FrontServer, address: HostPort, flag: str,
+                  guard: ConnectionGuard) -> tuple[asyncio.Server, HostPort]:
+    try:
+        listener = await asyncio.get_running_loop().create_server(
+            guard.wrap(server.protocol), address.host, address.port, backlog=1024, reuse_address=True)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise StartupError(f"cannot listen on {address} ({flag}): {reason}") from None
+    sockets = listener.sockets
+    return listener, HostPort(address.host, sockets[0].getsockname()[1] if sockets else address.port)
 
 
 def probe_listen(address: HostPort) -> str | None:

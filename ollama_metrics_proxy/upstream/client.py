@@ -42,7 +42,8 @@ class UpstreamResponse:
     """A response whose head has arrived. ``read()`` the body to its end, then ``release()`` (always, also on
     failure or cancellation): the connection goes back to the pool only if the exchange ended cleanly."""
 
-    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "head_at", "read", "sent_at")
+    __slots__ = ("_client", "_connection", "_released", "_sender", "head", "head_at", "pause", "push_to", "read",
+                 "resume", "sent_at")
 
     def __init__(self, client: UpstreamClient, connection: Connection, head: ResponseHead,
                  sender: asyncio.Task[None] | None) -> None:
@@ -50,6 +51,11 @@ class UpstreamResponse:
         # The body bytes read since the last call, b"" at the end; raises BodyFailed if the body broke off.
         # The connection's own method, so that relaying a chunk costs no extra call.
         self.read: Callable[[], Awaitable[bytes]] = connection.read
+        # Or push mode: each piece handed to a callback as it is read (``Connection.push_to``); ``pause`` and
+        # ``resume`` hold the upstream back while the client's socket is full.
+        self.push_to: Callable[[Callable[[bytes], None]], Awaitable[None]] = connection.push_to
+        self.pause: Callable[[], None] = connection.pause_for_client
+        self.resume: Callable[[], None] = connection.resume_for_client
         self._client = client
         self._connection = connection
         self._sender = sender

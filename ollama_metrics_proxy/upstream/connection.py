@@ -12,6 +12,7 @@ import asyncio
 import select
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 
 from ollama_metrics_proxy.upstream.errors import BodyFailed, ResponseFailed, UpstreamError
@@ -31,6 +32,7 @@ class Connection(asyncio.Protocol):
         "_loop",
         "_read_waiter",
         "_reading_paused",
+        "_sink",
         "_writing_paused",
         "closed",
         "head_at",
@@ -58,6 +60,7 @@ class Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
+        self._sink: Callable[[bytes], None] | None = None  # push mode: where body pieces go as they are read
 
     # ---------------------------------------------------------------- protocol callbacks (event loop)
 
@@ -81,7 +84,8 @@ class Connection(asyncio.Protocol):
         if parser.head is not None:
             if not self.head_at:
                 self.head_at = time.perf_counter()
-            _wake(self._read_waiter)
+            if self._sink is None or parser.complete:  # pushing: the relay waits only for the end
+                _wake(self._read_waiter)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -132,6 +136,34 @@ class Connection(asyncio.Protocol):
             if self.parser is None or self.parser.complete:
                 return b""
             await self._wait_to_read()
+
+    async def push_to(self, sink: Callable[[bytes], None]) -> None:
+        """Push mode: hand each piece of the body to ``sink`` from the protocol callback that read it (no task is
+        woken per piece), until the body ends; raises ``BodyFailed`` as ``read()`` does. ``sink`` must not raise.
+        Meanwhile ``pause_for_client()`` and ``resume_for_client()`` stop and restart reading (the client's socket
+        is full, then drained)."""
+        if self._body:
+            sink(self._take_body())
+        self._sink = sink
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self.parser is None or self.parser.complete or self.closed:
+                    return
+                await self._wait_to_read()
+        finally:
+            self._sink = None
+
+    def pause_for_client(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_for_client(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     async def send(self, *pieces: bytes) -> None:
         """Write, waiting while the socket's buffer is over its high-water mark (large uploads). Several pieces
@@ -185,7 +217,9 @@ class Connection(asyncio.Protocol):
         return chunk
 
     def _deliver(self, body: bytes) -> None:
-        if body:
+        if body and self._sink is not None:
+            self._sink(body)
+        elif body:
             self._body.append(body)
             self._buffered += len(body)
             if self._buffered > READ_PAUSE_BYTES and not self._reading_paused and self.transport is not None:
