@@ -290,11 +290,13 @@ class FrontConnection(asyncio.Protocol):
         self.on_writing: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while a head was incomplete
+        self._head_size = 0  # the current head's request line and headers, as parsed
         self._in_head = True
         self._parsing: Request | None = None  # the request whose head or body is being parsed
         self._pending: deque[Request] = deque()  # parsed, waiting for the handler (pipelining)
         self._current: asyncio.Task[None] | None = None
+        self._serving: Request | None = None  # the request the current handler answers
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reading_paused = 0  # reasons: body backlog, pipelining backlog, a stopped parser
         self._stopped_parsing = False
@@ -318,7 +320,12 @@ class FrontConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._stop_parsing()  # an Upgrade or CONNECT request: answered, then the connection closes
-        except httptools.HttpParserError as exc:  # also a callback's error: a header we cannot decode
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, f"malformed HTTP request ({exc.__context__ or exc})")
+        except httptools.HttpParserError as exc:
             self._refuse(400, _describe(str(exc), data))
         else:
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
@@ -356,13 +363,23 @@ class FrontConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_size = 0
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def _count_head(self, size: int) -> None:
+        """The head's size as parsed so far. (A single header still growing inside llhttp is caught by the
+        check after each read in ``data_received``.)"""
+        self._head_size += size
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -427,6 +444,7 @@ class FrontConnection(asyncio.Protocol):
             request = self._pending.popleft()
             if len(self._pending) == MAX_PIPELINED:
                 self._resume_reading()
+            self._serving = request
             self._current = self._loop.create_task(self._serve(request))
         elif self._refusal is not None:
             status, message = self._refusal
@@ -448,7 +466,7 @@ class FrontConnection(asyncio.Protocol):
                 request.reply(500, json_body("ollama-metrics-proxy: internal error; see the proxy's log"))
             else:
                 request.abort()
-        self._current = None
+        self._current = self._serving = None
         self.on_writing = None
         if not request.finished or not request.keep_alive or self.closing:
             self.close()
@@ -480,8 +498,9 @@ class FrontConnection(asyncio.Protocol):
             self._parsing.body.feed_eof()
             self._parsing.keep_alive = False
             self._parsing = None
-        for request in self._pending:
-            request.keep_alive = False
+        for request in (self._serving, *self._pending):
+            if request is not None:
+                request.keep_alive = False
 
     def _refuse(self, status: int, message: str) -> None:
         """Bytes that are not a valid request: answer after the requests before them, then close."""
@@ -502,6 +521,10 @@ class FrontConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%b" % (status, _reason(status).encode(), len(body), body))
         self.close()
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: the request head is over ``MAX_HEAD_BYTES``."""
 
 
 def _describe(reason: str, data: bytes) -> str:
