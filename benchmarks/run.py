@@ -397,7 +397,7 @@ def write_report(args: argparse.Namespace, report: dict[str, Any], text: str) ->
 
 async def main_async(args: argparse.Namespace) -> int:
     upstream, upstream_url = await asyncio.to_thread(start_upstream)
-    names = ["direct", "passthrough", "proxy", "proxy-nolog"] + (
+    names = ["direct", "pump", "passthrough", "proxy", "proxy-nolog"] + (
         ["nginx"] if nginx_binary() and not args.no_nginx else [])
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
