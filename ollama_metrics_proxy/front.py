@@ -22,9 +22,12 @@ The deadline for a connection's first head and the cap on connections are the li
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
 from typing import Final, cast
 from urllib.parse import unquote
 
@@ -39,6 +42,16 @@ MAX_PIPELINED: Final = 16  # requests parsed ahead of the one being answered bef
 SMALL_PIECE: Final = 4096  # body pieces up to this size are framed by copying; larger ones by a vectored write
 BODILESS_STATUSES: Final = frozenset({204, 304})
 TLS_HANDSHAKE: Final = b"\x16\x03"
+
+
+def http_date() -> str:
+    """The Date header (RFC 9110 §6.6.1) for the proxy's own replies; relayed ones carry Ollama's."""
+    return _date_of(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _date_of(second: int) -> str:  # formatted once per second
+    return formatdate(second, usegmt=True)
 
 
 def json_body(message: str) -> bytes:
@@ -183,7 +196,9 @@ class Request:
     def reply(self, status: int, body: bytes = b"", content_type: str = "application/json; charset=utf-8",
               reason: str = "") -> None:
         """A complete response with a body of known length (the proxy's own answers and errors)."""
-        headers = [("Content-Type", content_type)] if body else []
+        headers = [("Date", http_date())]
+        if body:
+            headers.append(("Content-Type", content_type))
         headers.append(("Content-Length", str(len(body))))
         self.start(status, reason or _reason(status), headers)
         self._write(body)
@@ -518,8 +533,8 @@ class FrontConnection(asyncio.Protocol):
     def _send_refusal(self, status: int, message: str) -> None:
         body = json_body(f"ollama-metrics-proxy: {message}")
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%b" % (status, _reason(status).encode(), len(body), body))
+            b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%b" % (status, _reason(status).encode(), http_date().encode(), len(body), body))
         self.close()
 
 

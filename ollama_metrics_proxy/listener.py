@@ -6,10 +6,10 @@ file descriptors, so ``/metrics``, ``/-/healthy`` and new API requests failed. E
 - a cap on concurrent client connections: one more is answered ``503`` with ``Connection: close`` at once and
   counted, so a flood of the API port never takes the descriptors the metrics listener needs;
 - a deadline for a connection's first request head (slowloris), after which the connection is closed and counted;
-- aiohttp's keep-alive timeout (``--idle-timeout``), which also closes a connection still waiting for, or
-  midway through, its next request head.
+- the servers' idle timeout (``--idle-timeout``: ``front`` on the API port, aiohttp's keep-alive timeout on the
+  metrics listener), which also closes a connection still waiting for, or midway through, its next request head.
 
-The guard wraps aiohttp's protocol: one extra call per read, nothing per request beyond the first head.
+The guard wraps either server's protocol: one extra call per read, nothing per request beyond the first head.
 """
 
 from __future__ import annotations

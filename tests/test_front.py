@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from email.utils import parsedate_to_datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -137,6 +138,7 @@ async def test_a_fault_in_the_handler_is_a_500_in_ollamas_shape_without_a_traceb
     reply = await exchange_raw(port_of(proxy), b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n")
     status, headers, body = split_response(reply)
     assert status == b"HTTP/1.1 500 Internal Server Error" and headers["connection"] == "close"
+    assert parsedate_to_datetime(headers["date"]).tzinfo is not None  # RFC 9110 §6.6.1, in GMT
     assert json.loads(body) == {"error": "ollama-metrics-proxy: internal error; see the proxy's log"}
     assert b"Traceback" not in reply and b"a bug" not in reply
 

@@ -61,8 +61,8 @@ class ResponseHead:
 
 
 def request_head(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
-    """The request line and headers. Names and values come from aiohttp's request parser, which has already
-    refused CR and LF in them; surrogateescape gives back the exact bytes the client sent."""
+    """The request line and headers. Names and values come from llhttp (``front``), which has already refused CR
+    and LF in them; surrogateescape gives back the exact bytes the client sent."""
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in headers]
     lines.append("\r\n")
