@@ -84,8 +84,9 @@ class IncomingBody:
         self._wake()
 
     def feed_eof(self) -> None:
-        self._eof = True
-        self._wake()
+        if self._error is None:  # a body that broke off stays broken: never relayed as if complete
+            self._eof = True
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         if not self._eof:
@@ -275,16 +276,14 @@ class FrontServer:
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.connections: set[FrontConnection] = set()
-        self.closing = False
 
     def protocol(self) -> FrontConnection:
         return FrontConnection(self)
 
     def close_idle(self) -> None:
         """Shutting down: connections between requests close now, busy ones after their current response."""
-        self.closing = True
         for connection in list(self.connections):
-            connection.close_if_idle()
+            connection.close_after_response()
 
     def close_all(self) -> None:
         for connection in list(self.connections):
@@ -311,7 +310,7 @@ class FrontConnection(asyncio.Protocol):
         self._parsing: Request | None = None  # the request whose head or body is being parsed
         self._pending: deque[Request] = deque()  # parsed, waiting for the handler (pipelining)
         self._current: asyncio.Task[None] | None = None
-        self._serving: Request | None = None  # the request the current handler answers
+        self._last: Request | None = None  # the request whose head was parsed last
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reading_paused = 0  # reasons: body backlog, pipelining backlog, a stopped parser
         self._stopped_parsing = False
@@ -334,7 +333,11 @@ class FrontConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._stop_parsing()  # an Upgrade or CONNECT request: answered, then the connection closes
+            # An Upgrade or CONNECT request: answered as an ordinary one (Upgrade is not forwarded), and as the
+            # bytes after it are not HTTP, the connection closes after it.
+            self._stop_parsing()
+            if self._last is not None:
+                self._last.keep_alive = False
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
@@ -416,7 +419,7 @@ class FrontConnection(asyncio.Protocol):
                           None if chunked else length, chunked or bool(length))
         if not request.body_exists:
             request.body.feed_eof()
-        self._parsing = request
+        self._parsing = self._last = request
         self._pending.append(request)
         if len(self._pending) > MAX_PIPELINED:
             self._pause_reading()
@@ -459,7 +462,6 @@ class FrontConnection(asyncio.Protocol):
             request = self._pending.popleft()
             if len(self._pending) == MAX_PIPELINED:
                 self._resume_reading()
-            self._serving = request
             self._current = self._loop.create_task(self._serve(request))
         elif self._refusal is not None:
             status, message = self._refusal
@@ -481,7 +483,7 @@ class FrontConnection(asyncio.Protocol):
                 request.reply(500, json_body("ollama-metrics-proxy: internal error; see the proxy's log"))
             else:
                 request.abort()
-        self._current = self._serving = None
+        self._current = None
         self.on_writing = None
         if not request.finished or not request.keep_alive or self.closing:
             self.close()
@@ -494,7 +496,9 @@ class FrontConnection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- ending
 
-    def close_if_idle(self) -> None:
+    def close_after_response(self) -> None:
+        """Close now if between requests, else once the current response is written (``Connection: close``)."""
+        self.closing = True
         if self._current is None:
             self.close()
 
@@ -507,25 +511,24 @@ class FrontConnection(asyncio.Protocol):
             self.transport.close()  # what is buffered is written first
 
     def _stop_parsing(self) -> None:
-        """Nothing after the current request can be read (after an upgrade request or a refusal)."""
+        """Nothing after what was parsed can be read: the requests already parsed are answered, then the
+        connection closes (``_next``)."""
         self._stopped_parsing = True
         if self._parsing is not None:
             self._parsing.body.feed_eof()
-            self._parsing.keep_alive = False
             self._parsing = None
-        for request in (self._serving, *self._pending):
-            if request is not None:
-                request.keep_alive = False
 
     def _refuse(self, status: int, message: str) -> None:
         """Bytes that are not a valid request: answer after the requests before them, then close."""
-        broken_body = self._parsing is not None and not self._in_head
-        if broken_body and self._parsing is not None:
+        if self._parsing is not None and not self._in_head:
+            # Mid-body: the request cannot be answered sensibly and its body must not reach the upstream as if
+            # complete. Closing cancels its handler.
             self._parsing.body.fail(ConnectionResetError(f"the request body is malformed: {message}"))
-        self._stop_parsing()
-        if broken_body:
-            self.close()  # mid-body: the request cannot be answered sensibly
+            self._parsing = None
+            self._stopped_parsing = True
+            self.close()
             return
+        self._stop_parsing()
         self._refusal = (status, message)
         if self._current is None and not self._pending:
             self._send_refusal(status, message)
@@ -543,7 +546,7 @@ class _HeadTooLarge(Exception):
 
 
 def _describe(reason: str, data: bytes) -> str:
-    if data.startswith(TLS_HANDSHAKE):
+    if data.startswith(TLS_HANDSHAKE) or ("method" in reason.lower() and TLS_HANDSHAKE in data):
         return "Received HTTPS traffic on an HTTP port: use http:// to reach this proxy"
     return f"malformed HTTP request ({reason})"
 

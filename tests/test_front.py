@@ -156,3 +156,38 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(fa
         assert status == b"HTTP/1.1 200 OK" and body == rec("tags.json").body
     finally:
         await running.stop()
+
+
+async def test_garbage_after_a_pipelined_request_is_answered_400_after_it(fake: FakeOllama,
+                                                                          proxy: ProxyUnderTest) -> None:
+    request = b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n\x16\x03\x01 not http\r\n\r\n"
+    reply = await exchange_raw(port_of(proxy), request)
+    status, headers, rest = split_response(reply)
+    assert status == b"HTTP/1.1 200 OK"
+    length = int(headers["content-length"])
+    assert rest[:length] == rec("tags.json").body
+    refusal_status, refusal_headers, refusal_body = split_response(rest[length:])
+    assert refusal_status == b"HTTP/1.1 400 Bad Request" and refusal_headers["connection"] == "close"
+    assert "Received HTTPS traffic on an HTTP port" in json.loads(refusal_body)["error"]
+
+
+async def test_a_stop_closes_idle_connections_and_busy_ones_after_their_response(fake: FakeOllama) -> None:
+    running = await start(config_for(fake.url), registry=CollectorRegistry())
+    port = running.proxy_address.port if running.proxy_address else 0
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_writer.write(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await idle_writer.drain()
+    first = await asyncio.wait_for(idle_reader.readuntil(b"\r\n\r\n"), timeout=3)
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    fake.delay = 0.05  # a stream that takes a while
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    busy_writer.write(b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n%b" % (
+        len(GENERATE), GENERATE))
+    await busy_writer.drain()
+    head = await asyncio.wait_for(busy_reader.readuntil(b"\r\n\r\n"), timeout=3)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    await running.stop(grace=10)
+    assert await asyncio.wait_for(idle_reader.read(), timeout=3) == rec("tags.json").body  # then closed
+    assert dechunk(await asyncio.wait_for(busy_reader.read(), timeout=10)) == rec("generate_stream.ndjson").body
+    idle_writer.close()
+    busy_writer.close()
