@@ -312,7 +312,7 @@ class FrontConnection(asyncio.Protocol):
         self._current: asyncio.Task[None] | None = None
         self._last: Request | None = None  # the request whose head was parsed last
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._reading_paused = 0  # reasons: body backlog, pipelining backlog, a stopped parser
+        self._reading_paused = 0  # how many reasons hold reading: a body backlog, a pipelining backlog
         self._stopped_parsing = False
         self._refusal: tuple[int, str] | None = None  # a bad request after those in the pipeline
 
