@@ -17,6 +17,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from benchmarks import use_uvloop
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
               "proxy-authorization", "proxy-authenticate"}
 
@@ -52,11 +54,7 @@ def build(upstream: str) -> web.Application:
 
 
 def main() -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     web.run_app(build(sys.argv[2]), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
                 handler_cancellation=True)
 

@@ -14,6 +14,8 @@ import asyncio
 import sys
 from typing import cast
 
+from benchmarks import serve_forever, use_uvloop
+
 
 class Half(asyncio.Protocol):
     def __init__(self) -> None:
@@ -62,21 +64,10 @@ class ClientSide(Half):
             self.pending.clear()
 
 
-async def serve(port: int, upstream: str) -> None:
-    host, _, upstream_port = upstream.removeprefix("http://").partition(":")
-    server = await asyncio.get_running_loop().create_server(
-        lambda: ClientSide(host, int(upstream_port)), "127.0.0.1", port, backlog=1024)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(int(sys.argv[1]), sys.argv[2]))
+    host, _, upstream_port = sys.argv[2].removeprefix("http://").partition(":")
+    use_uvloop()
+    asyncio.run(serve_forever(lambda: ClientSide(host, int(upstream_port)), int(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from typing import Any
 import aiohttp
 import psutil
 
+from benchmarks import use_uvloop
+
 HERE = Path(__file__).parent
 CHAT_BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}).encode()
 OPENAI_BODY = json.dumps({"model": "bench", "stream": True, "stream_options": {"include_usage": True},
@@ -434,11 +436,7 @@ def main() -> None:
     parser.add_argument("--markdown", default="", help="also write the table and verdicts to this file")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
     args = parser.parse_args()
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    use_uvloop()
     sys.exit(asyncio.run(main_async(args)))
 
 

@@ -16,6 +16,8 @@ import asyncio
 import sys
 from urllib.parse import parse_qs, urlsplit
 
+from benchmarks import serve_forever, use_uvloop
+
 TOKEN_LINE = (b'{"model":"bench","created_at":"2026-11-23T12:00:00.000000Z",'
               b'"message":{"role":"assistant","content":" word"},"done":false}\n')
 
@@ -158,19 +160,9 @@ class OllamaStandIn(asyncio.Protocol):
         transport.write(chunk(tail) + b"0\r\n\r\n")
 
 
-async def serve(port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(OllamaStandIn, "127.0.0.1", port, backlog=1024)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(int(sys.argv[1])))
+    use_uvloop()
+    asyncio.run(serve_forever(OllamaStandIn, int(sys.argv[1])))
 
 
 if __name__ == "__main__":
