@@ -3,7 +3,9 @@
     python -m benchmarks.run [--rounds 5] [--seconds 5] [--json benchmarks/results.json] [--markdown FILE]
 
 Every target sits in front of the same fast stand-in upstream (benchmarks/upstream.py) and is measured in the
-same run, round after round with the targets interleaved, so that a noisy machine affects them alike. Reported
+same run, round after round with the targets interleaved, so that a noisy machine affects them alike. On machines
+of 4 cores or more the target under test runs alone on the last core and the load generator and the stand-in
+upstream share the others (``--pin`` / ``--no-pin`` decide it either way). Reported
 figures are medians over rounds; the verdicts compare this proxy with the bare passthrough measured in the
 same run, never absolute times.
 """
@@ -58,6 +60,42 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: f
     raise RuntimeError(f"nothing listens on {port}")
 
 
+# ---------------------------------------------------------------- cores
+
+PIN_FROM_CORES = 4
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Where each process runs: the target under test alone on its cores, the load generator and the stand-in
+    upstream on the others (as the issue's quiet-machine runs did), so that what is measured is the target's
+    own cost rather than its share of a contended core. Empty sets leave the scheduler free (``--no-pin``)."""
+
+    target: frozenset[int] = frozenset()
+    rest: frozenset[int] = frozenset()
+
+    @classmethod
+    def split(cls) -> Cores:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2:
+            return cls()
+        return cls(frozenset(available[-1:]), frozenset(available[:-1]))
+
+    @classmethod
+    def for_this_machine(cls, pin: bool | None) -> Cores:
+        """Pinned when asked, or by default from PIN_FROM_CORES cores up. With one core left for the load
+        generator and the upstream (a 2-core machine), they become the bottleneck and a faster target makes them
+        slower (it hands them more, smaller reads): streamed throughput then ranks nginx below a Python relay."""
+        if pin is None:
+            pin = len(os.sched_getaffinity(0)) >= PIN_FROM_CORES
+        return cls.split() if pin else cls()
+
+    def pin(self, cores: frozenset[int]) -> Callable[[], None] | None:
+        """A ``preexec_fn`` that pins the child (and whatever it forks, such as nginx's worker) before it starts."""
+        return (lambda: os.sched_setaffinity(0, cores)) if cores else None
+
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -96,7 +134,7 @@ class Target:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_target(name: str, upstream_url: str) -> Target:
+def start_target(name: str, upstream_url: str, cores: Cores = Cores()) -> Target:
     if name == "direct":
         return Target(name, upstream_url)
     port = free_port()
@@ -119,7 +157,8 @@ def start_target(name: str, upstream_url: str) -> Target:
         command = [nginx_binary() or "nginx", "-c", os.path.join(workdir, "nginx.conf"), "-p", workdir]
     else:
         raise ValueError(name)
-    process = subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.DEVNULL,
+                               preexec_fn=cores.pin(cores.target))
     wait_for_port(port, process)
     return Target(name, f"http://127.0.0.1:{port}", process, workdir)
 
@@ -384,9 +423,10 @@ def table(medians: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
+def start_upstream(cores: Cores = Cores()) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", str(port)], cwd=HERE.parent)
+    upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.upstream", str(port)], cwd=HERE.parent,
+                                preexec_fn=cores.pin(cores.rest))
     wait_for_port(port, upstream)
     return upstream, f"http://127.0.0.1:{port}"
 
@@ -398,14 +438,17 @@ def write_report(args: argparse.Namespace, report: dict[str, Any], text: str) ->
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    upstream, upstream_url = await asyncio.to_thread(start_upstream)
+    cores = Cores.for_this_machine(args.pin)
+    if cores.rest:
+        os.sched_setaffinity(0, cores.rest)  # the load generator beside the stand-in upstream
+    upstream, upstream_url = await asyncio.to_thread(start_upstream, cores)
     names = ["direct", "pump", "passthrough", "proxy", "proxy-nolog"] + (
         ["nginx"] if nginx_binary() and not args.no_nginx else [])
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
         for round_number in range(1, args.rounds + 1):
             for name in names:
-                target = await asyncio.to_thread(start_target, name, upstream_url)
+                target = await asyncio.to_thread(start_target, name, upstream_url, cores)
                 try:
                     print(f"round {round_number}/{args.rounds}: {name} …", file=sys.stderr, flush=True)
                     rounds[name].append(await measure(target, args.seconds, args.sequential))
@@ -417,7 +460,8 @@ async def main_async(args: argparse.Namespace) -> int:
     medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                for name, runs in rounds.items()}
     checks = verdicts(medians)
-    report = {"machine": machine(), "rounds": args.rounds, "seconds_per_workload": args.seconds,
+    report = {"machine": machine(), "pinned": {"target": sorted(cores.target), "load_and_upstream": sorted(cores.rest)},
+              "rounds": args.rounds, "seconds_per_workload": args.seconds,
               "medians": medians, "per_round": rounds, "checks": checks,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = table(medians) + "\n\n" + "\n".join(
@@ -435,6 +479,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the JSON report")
     parser.add_argument("--markdown", default="", help="also write the table and verdicts to this file")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the target alone on the last core, the load generator and the stand-in upstream on "
+                             f"the others (default: from {PIN_FROM_CORES} cores up)")
     args = parser.parse_args()
     use_uvloop()
     sys.exit(asyncio.run(main_async(args)))
