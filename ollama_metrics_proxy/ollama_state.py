@@ -118,15 +118,22 @@ class OllamaStatePoller:
         self._on_installed = on_installed
         self._previously_loaded: set[str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def up(self) -> bool:
         return self.health.status.up
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="ollama-state-poller")
 
     async def stop(self) -> None:
+        """Stop polling. The flag, not only the cancellation, ends the loop: a cancellation that lands while
+        aiohttp's own timeout is firing comes out of the request as a TimeoutError, which ``poll_once`` reports
+        as a failed poll; the loop would then go on sleeping and polling, and the proxy's stop would wait forever
+        (seen about once in ten stops right after start-up, with Ollama down)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -167,9 +174,10 @@ class OllamaStatePoller:
         self._previously_loaded = current
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self.poll_once()
-            await asyncio.sleep(self._interval)
+            if not self._stopping:
+                await asyncio.sleep(self._interval)
 
     async def _get(self, path: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_SECONDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -133,3 +134,35 @@ async def test_system_report(fake: FakeOllama, quiet_proxy: ProxyUnderTest, http
     assert ollama["up"] is True and ollama["version"] == "0.33.0" and ollama["installed_models"] == 2
     assert ollama["loaded_models"][0]["name"] == "llama3.2:latest"
     assert ollama["loaded_models"][0]["gpu_offload_ratio"] == pytest.approx(2333539264 / 3321830464)
+
+
+async def test_stop_returns_when_a_poll_turns_the_cancellation_into_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp raises TimeoutError instead of CancelledError when the cancellation meets its own timeout; the
+    poller must stop all the same (it once went on polling, and the proxy's shutdown waited forever)."""
+    from ollama_metrics_proxy.ollama_state import OllamaStatePoller
+
+    polls = 0
+
+    async def poll_swallowing_cancellation(self: OllamaStatePoller) -> None:
+        nonlocal polls
+        polls += 1
+        if polls > 1:  # only reached when the poller ignored the stop; cancellable, so the test ends either way
+            await asyncio.sleep(30)
+            return
+        # What a cancelled request looks like when aiohttp reports it as a timeout: the poll just ends.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+
+    monkeypatch.setattr(OllamaStatePoller, "poll_once", poll_swallowing_cancellation)
+    async with aiohttp.ClientSession() as session:
+        poller = OllamaStatePoller("http://127.0.0.1:9", session, interval=0.05)
+        poller.start()
+        await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(poller.stop(), timeout=2)
+        finally:
+            if poller._task is not None:
+                poller._task.cancel()
+    assert polls == 1
