@@ -475,7 +475,10 @@ class FrontConnection(asyncio.Protocol):
         try:
             await self._server.handler(request)
         except asyncio.CancelledError:
-            return  # the client left (connection_lost) or the server is stopping: the connection is closed
+            # The client left (connection_lost), or a stop cut the request after its grace: whatever was written
+            # of the response stays unfinished, and the connection ends with it.
+            self.close()
+            return
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
             if not request.started:
