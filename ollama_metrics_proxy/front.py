@@ -34,6 +34,8 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
+from ollama_metrics_proxy.headers import encode_head, first_value
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # request line and headers; Ollama's clients send well under 2 KiB
@@ -42,6 +44,7 @@ MAX_PIPELINED: Final = 16  # requests parsed ahead of the one being answered bef
 SMALL_PIECE: Final = 4096  # body pieces up to this size are framed by copying; larger ones by a vectored write
 BODILESS_STATUSES: Final = frozenset({204, 304})
 TLS_HANDSHAKE: Final = b"\x16\x03"
+JSON_TYPE: Final = "application/json; charset=utf-8"  # Ollama's own, for the proxy's errors
 
 
 def http_date() -> str:
@@ -184,8 +187,7 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
-        name = name.lower()
-        return next((value for key, value in self.headers if key.lower() == name), None)
+        return first_value(self.headers, name)
 
     # ---------------------------------------------------------------- answering
 
@@ -194,7 +196,7 @@ class Request:
         if not self.started:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def reply(self, status: int, body: bytes = b"", content_type: str = "application/json; charset=utf-8",
+    def reply(self, status: int, body: bytes = b"", content_type: str = JSON_TYPE,
               reason: str = "") -> None:
         """A complete response with a body of known length (the proxy's own answers and errors)."""
         headers = [("Date", http_date())]
@@ -214,25 +216,22 @@ class Request:
         if self._connection.closing:
             self.keep_alive = False
         bodiless = self.method == "HEAD" or status in BODILESS_STATUSES or status < 200
-        has_length = any(key.lower() == "content-length" for key, _ in headers)
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines += [f"{key}: {value}\r\n" for key, value in headers]
-        if not bodiless and not has_length:
+        framing: list[tuple[str, str]] = []
+        if not bodiless and first_value(headers, "content-length") is None:
             if self.version == "1.1":
                 self._chunked = True
-                lines.append("Transfer-Encoding: chunked\r\n")
+                framing.append(("Transfer-Encoding", "chunked"))
             else:
                 self.keep_alive = False  # the body ends where the connection does
         if not self.keep_alive:
-            lines.append("Connection: close\r\n")
+            framing.append(("Connection", "close"))
         elif self.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
+            framing.append(("Connection", "keep-alive"))
         self.started = True
-        self._write("".join(lines).encode("utf-8", "surrogateescape"))
+        self._write(encode_head(f"HTTP/1.1 {status} {reason}", [*headers, *framing]))
 
     def write(self, data: bytes) -> None:
-        """One piece of the body, framed and handed to the socket at once (never waits: see ``on_writable``)."""
+        """One piece of the body, framed and handed to the socket at once (never waits: see ``watch_writable``)."""
         transport = self._transport
         if transport.is_closing():
             return  # the client left; its handler is being cancelled
@@ -538,9 +537,9 @@ class FrontConnection(asyncio.Protocol):
 
     def _send_refusal(self, status: int, message: str) -> None:
         body = json_body(f"ollama-metrics-proxy: {message}")
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%b" % (status, _reason(status).encode(), http_date().encode(), len(body), body))
+        self.transport.write(encode_head(f"HTTP/1.1 {status} {_reason(status)}", [
+            ("Date", http_date()), ("Content-Type", JSON_TYPE), ("Content-Length", str(len(body))),
+            ("Connection", "close")]) + body)
         self.close()
 
 

@@ -16,6 +16,8 @@ from typing import Final
 
 import httptools
 
+from ollama_metrics_proxy.headers import encode_head, first_value
+
 MAX_HEAD_BYTES: Final = 64 * 1024  # Go's net/http and aiohttp allow about this much; Ollama sends < 1 KiB
 # field-vchar, SP and HTAB (RFC 9110 §5.5), and obs-text: every byte but the other control characters and DEL.
 FIELD_VALUE_CHARS: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
@@ -45,8 +47,7 @@ class ResponseHead:
 
     def get(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
-        name = name.lower()
-        return next((value for key, value in self.headers if key.lower() == name), None)
+        return first_value(self.headers, name)
 
     def without(self, name: str) -> ResponseHead:
         name = name.lower()
@@ -61,12 +62,8 @@ class ResponseHead:
 
 
 def request_head(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
-    """The request line and headers. Names and values come from llhttp (``front``), which has already refused CR
-    and LF in them; surrogateescape gives back the exact bytes the client sent."""
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in headers]
-    lines.append("\r\n")
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    """The request line, Host (the upstream's) and the forwarded headers."""
+    return encode_head(f"{method} {target} HTTP/1.1", [("Host", host), *headers])
 
 
 class _Stop(Exception):
