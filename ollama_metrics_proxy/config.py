@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -27,6 +28,7 @@ DEFAULT_LISTEN = "127.0.0.1:11435"
 # an Ollama host is likely to run beside us.
 DEFAULT_METRICS_PORT = 9934
 DEFAULT_METRICS_LISTEN = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+MAX_WORKERS = 64
 OLLAMA_DEFAULT_PORT = 11434
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -77,6 +79,7 @@ class Config:
     shutdown_grace: float = 8.0
     max_connections: int = 0  # 0: from the open-file limit, two descriptors per request in flight
     idle_timeout: float = 75.0
+    workers: int = 1
     request_head_timeout: float = 10.0
     web_config_file: str | None = None
     ollama_num_parallel: int | None = None
@@ -117,6 +120,7 @@ class Config:
             "shutdown_grace": self.shutdown_grace,
             "max_connections": self.max_connections or "from the open-file limit",
             "idle_timeout": self.idle_timeout,
+            "workers": self.workers,
             "request_head_timeout": self.request_head_timeout,
             "web_config_file": self.web_config_file or "none (plain HTTP, no authentication)",
             "ollama_num_parallel": self.ollama_num_parallel or "from the Ollama process when visible",
@@ -275,6 +279,15 @@ def parse_positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise ConfigError(f"must be a whole number of at least 1, got {text!r}")
     return int(text)
+
+
+def parse_workers(text: str) -> int:
+    workers = parse_positive_int(text)
+    if workers > MAX_WORKERS:
+        raise ConfigError(f"must be at most {MAX_WORKERS}, got {text!r}")
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("needs SO_REUSEPORT (Linux, BSD, macOS) to share the port between processes; use 1 here")
+    return workers
 
 
 def parse_switch(text: str) -> bool:
@@ -461,6 +474,10 @@ OPTIONS: tuple[Option, ...] = (
            "(auto: half the open-file limit left after a reserve, as each request uses two descriptors)"),
     Option("idle_timeout", "--idle-timeout", parse_positive_float, "75",
            "seconds a client connection may stay idle between requests (nginx's default keep-alive)"),
+    Option("workers", "--workers", parse_workers, "1",
+           "processes relaying on the API port (SO_REUSEPORT); this process also records every request, so "
+           "metrics, the request log and the usage API stay one. More than 1 only pays on a machine whose "
+           "relay saturates one core"),
     Option("request_head_timeout", "--request-head-timeout", parse_positive_float, "10",
            "seconds a new connection has to send its first request head (against slowloris)"),
     Option("shutdown_grace", "--shutdown-grace", parse_non_negative_float, "8",
@@ -490,6 +507,7 @@ METAVARS = {
     "log_retention_days": "DAYS", "log_max_rows": "N", "log_content": "on|off", "log_content_max_bytes": "N",
     "client_header": "NAME", "admin_token": "TOKEN", "openai_usage": "MODE", "client_hash_key": "KEY",
     "allowed_hosts": "NAMES", "shutdown_grace": "SECONDS", "max_connections": "N", "idle_timeout": "SECONDS",
+    "workers": "N",
     "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
     "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS",
 }

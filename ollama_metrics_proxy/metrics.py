@@ -310,6 +310,13 @@ class TrafficMetrics:
             "ollama_metrics_proxy_max_connections",
             "The cap on client connections, by listener (--max-connections for api).", ("listener",),
             registry=registry)
+        self.workers = Gauge(
+            "ollama_metrics_proxy_workers",
+            "Processes relaying on the API port now: this one and its ready relay workers (--workers).",
+            registry=registry)
+        self.worker_restarts = Counter(
+            "ollama_metrics_proxy_worker_restarts_total",
+            "Relay worker processes (--workers) that exited unexpectedly and were replaced.", registry=registry)
         self.internal_errors = Counter(
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",

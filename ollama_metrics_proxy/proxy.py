@@ -25,7 +25,7 @@ from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_typ
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.extract import find_model
 from ollama_metrics_proxy.openai_usage import INJECT_ENDPOINTS, MAX_REWRITTEN_BODY, UsageStripper, with_include_usage
-from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.recorder import RequestRecorder
 from ollama_metrics_proxy.upstream import (
     BodyFailed,
     ConnectFailed,
@@ -60,7 +60,7 @@ def forwardable(headers: Iterable[tuple[str, str]], connection: str | None,
 
 
 class Proxy:
-    def __init__(self, upstream: UpstreamClient, recorder: Recorder,
+    def __init__(self, upstream: UpstreamClient, recorder: RequestRecorder,
                  clock: Clock = time.perf_counter, *, client_identity: ClientIdentity | None = None,
                  capture_content: bool = False, inject_openai_usage: bool = False,
                  host_allowed: Callable[[str | None], bool] | None = None) -> None:
@@ -76,7 +76,7 @@ class Proxy:
     async def handle(self, request: Request) -> None:
         if self._host_allowed is not None and not self._host_allowed(request.header("host")):
             # Ollama's own answer to a foreign Host on loopback: 403, empty body. Nothing is forwarded.
-            self._recorder.metrics.refused.labels("api", "host").inc()
+            self._recorder.count_refused("api", "host")
             request.reply(403)
             return
         if not request.raw_path.startswith("/"):

@@ -7,6 +7,7 @@ in metrics code cannot break a request that has already been relayed.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
@@ -16,6 +17,19 @@ from ollama_metrics_proxy.otel import GenAiMetrics
 from ollama_metrics_proxy.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
+
+
+class RequestRecorder(Protocol):
+    """What the relay reports, once per request: ``Recorder`` in the process that owns the metrics, or a relay
+    worker's ``workers.RemoteRecorder``, which sends the same reports to that process (``--workers``)."""
+
+    def start(self, exchange: Exchange) -> str: ...
+
+    def finish(self, exchange: Exchange, in_flight_label: str) -> None: ...
+
+    def count_internal_error(self, stage: str) -> None: ...
+
+    def count_refused(self, listener: str, reason: str) -> None: ...
 
 
 class Recorder:
@@ -63,6 +77,9 @@ class Recorder:
 
     def count_internal_error(self, stage: str) -> None:
         self._internal_error(stage)
+
+    def count_refused(self, listener: str, reason: str) -> None:
+        self.metrics.refused.labels(listener, reason).inc()
 
     def _internal_error(self, stage: str) -> None:
         log.exception("metrics failed at stage %s; the request itself was not affected", stage)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
-import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,16 +19,15 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
-from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
-from ollama_metrics_proxy.front import FrontServer
-from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback, remembered
-from ollama_metrics_proxy.identity import ClientIdentity, load_key
+from ollama_metrics_proxy.api_port import ApiPort, StartupError, api_connection_limit, api_guard, open_api_port
+from ollama_metrics_proxy.config import Config, HostPort
+from ollama_metrics_proxy.eventloop import run_event_loop, tune_garbage_collector
+from ollama_metrics_proxy.hosts import AllowedHosts, remembered
 from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.listener import (
     METRICS_MAX_CONNECTIONS,
     ConnectionGuard,
     GuardedSite,
-    default_max_connections,
     raise_open_file_limit,
     refusal_response,
 )
@@ -39,7 +35,6 @@ from ollama_metrics_proxy.live_stats import LiveStats
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.ollama_state import OllamaStatePoller
 from ollama_metrics_proxy.otel import GenAiMetrics, MissingPackage
-from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import Recorder
 from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.request_log import RequestLog
@@ -48,6 +43,7 @@ from ollama_metrics_proxy.store import StoreError, open_store
 from ollama_metrics_proxy.telemetry import QueueCollector, Samplers, build_samplers, register_telemetry
 from ollama_metrics_proxy.upstream import UpstreamClient
 from ollama_metrics_proxy.webconfig import load_web_config
+from ollama_metrics_proxy.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 # After the grace, what is left of shutting down: cancelled handlers record their requests, idle connections close,
@@ -56,11 +52,8 @@ CANCEL_WAIT_SECONDS = 0.5
 CONNECTION_CLOSE_SECONDS = 0.2
 SAMPLER_STOP_SECONDS = 0.3
 REQUEST_LOG_STOP_SECONDS = 0.8
-GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700 allocations
 
-
-class StartupError(Exception):
-    """A problem the user must fix (a port in use); shown as one line, exit status 2."""
+__all__ = ["RunningProxy", "StartupError", "run", "start"]
 
 
 def build_registry() -> CollectorRegistry:
@@ -98,12 +91,14 @@ class RunningProxy:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
     runners: list[web.BaseRunner] = field(default_factory=list)
-    api_server: FrontServer | None = None
-    api_listener: asyncio.Server | None = None
+    api: ApiPort | None = None
+    workers: WorkerPool | None = None  # --workers N: the other relaying processes
     proxy_address: HostPort | None = None
     metrics_address: HostPort | None = None
 
-    proxy: Proxy | None = None
+    @property
+    def in_flight(self) -> int:
+        return (self.api.proxy.in_flight if self.api else 0) + (self.workers.in_flight if self.workers else 0)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting connections, let requests in flight finish for up to ``grace`` seconds, cut the rest
@@ -113,17 +108,17 @@ class RunningProxy:
         again, per listener; here the handlers are awaited once, so the whole stop takes the grace plus well
         under two seconds, which fits inside `docker stop`'s ten when the grace is the default eight.
         """
-        if self.api_listener is not None:
-            self.api_listener.close()  # no new connections
-        if self.api_server is not None:
-            self.api_server.close_idle()  # those already open finish their current request, then close
+        if self.workers is not None:
+            self.workers.stop()  # they stop accepting and drain their requests meanwhile, with the same grace
+        if self.api is not None:
+            self.api.stop_accepting()
         for runner in self.runners:
             for site in list(runner.sites):
                 await site.stop()
-        if self.proxy is not None:
-            await self.proxy.drain(grace, CANCEL_WAIT_SECONDS)
-        if self.api_server is not None:
-            self.api_server.close_all()
+        if self.api is not None:
+            await self.api.finish(grace, CANCEL_WAIT_SECONDS)
+        if self.workers is not None:  # every request they relayed is reported before the request log stops
+            await self.workers.wait(CANCEL_WAIT_SECONDS + CONNECTION_CLOSE_SECONDS)
         await self.poller.stop()
         # Sampler threads are daemons: one stuck in a driver call must not hold up the exit.
         await asyncio.gather(*(asyncio.to_thread(sampler.stop, SAMPLER_STOP_SECONDS)
@@ -159,18 +154,18 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
                        QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel))
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
-        proxy = Proxy(upstream, recorder, client_identity=build_client_identity(config),
-                      capture_content=config.log_content and request_log is not None,
-                      inject_openai_usage=config.openai_usage == "inject",
-                      host_allowed=api_host_check(config))
-        # The API port has one handler for every path and its own lean HTTP/1.1 server (``front``).
-        running.proxy = proxy
-        running.api_server = FrontServer(proxy.handle, config.idle_timeout)
-        limit = config.max_connections or default_max_connections()
-        api_guard = guard_for(metrics, "api", limit, config.request_head_timeout,
-                              f"ollama-metrics-proxy: too many connections (--max-connections {limit}); try again")
-        running.api_listener, running.proxy_address = await _listen(
-            running.api_server, config.listen, "--listen", api_guard)
+        guard = api_guard(config, on_refused=lambda reason: metrics.refused_connections.labels("api", reason).inc())
+        # Each relaying process holds up to --max-connections; the gauges show all of them together.
+        metrics.open_connections.labels("api").set_function(
+            lambda: guard.open + (running.workers.open_connections if running.workers else 0))
+        metrics.max_connections.labels("api").set(api_connection_limit(config) * config.workers)
+        metrics.workers.set_function(lambda: 1 + (running.workers.serving if running.workers else 0))
+        running.api = await open_api_port(config, recorder, upstream, guard, config.listen,
+                                          reuse_port=config.workers > 1)
+        running.proxy_address = running.api.address
+        if config.workers > 1:
+            running.workers = WorkerPool(config, running.api.address, recorder)
+            await running.workers.start()
         analytics = Analytics(live, request_log, config.admin_token, config.client_header,
                               api_address=str(running.proxy_address))
         metrics_hosts = AllowedHosts(config.allowed_hosts, bound=config.metrics_listen.host)
@@ -205,25 +200,6 @@ def build_otel(config: Config) -> GenAiMetrics | None:
         return GenAiMetrics(config.otlp_endpoint, config.otlp_interval, dict(config.otlp_headers))
     except MissingPackage as exc:
         raise StartupError(str(exc)) from None
-
-
-def api_host_check(config: Config) -> Callable[[str | None], bool] | None:
-    """Ollama's Host rule on the API port when it listens on loopback, as Ollama itself does; elsewhere the
-    proxy is deliberately reachable and, like Ollama bound to 0.0.0.0, checks nothing."""
-    if not is_loopback(config.listen.host):
-        return None
-    hosts = AllowedHosts(config.allowed_hosts, bound=config.listen.host)
-    return None if hosts.everything else remembered(hosts.allows_like_ollama)
-
-
-def build_client_identity(config: Config) -> ClientIdentity | None:
-    if config.client_header is None or config.log_db is None:
-        return None  # identities are only ever stored in the request log
-    directory = default_data_dir()
-    if not config.log_db.startswith(("postgresql://", "postgres://")):
-        directory = os.path.dirname(os.path.abspath(config.log_db))
-    key = load_key(config.client_hash_key, directory) if config.client_header.lower() == "authorization" else b""
-    return ClientIdentity(config.client_header, key)
 
 
 def build_request_log(config: Config, registry: CollectorRegistry) -> RequestLog | None:
@@ -271,18 +247,6 @@ async def _serve(running: RunningProxy, runner: web.BaseRunner, address: HostPor
     return HostPort(address.host, bound[0][1] if bound else address.port)
 
 
-async def _listen(server: FrontServer, address: HostPort, flag: str,
-                  guard: ConnectionGuard) -> tuple[asyncio.Server, HostPort]:
-    try:
-        listener = await asyncio.get_running_loop().create_server(
-            guard.wrap(server.protocol), address.host, address.port, backlog=1024, reuse_address=True)
-    except OSError as exc:
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise StartupError(f"cannot listen on {address} ({flag}): {reason}") from None
-    sockets = listener.sockets
-    return listener, HostPort(address.host, sockets[0].getsockname()[1] if sockets else address.port)
-
-
 def probe_listen(address: HostPort) -> str | None:
     """For --check-config: can this address be bound right now?"""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
@@ -293,14 +257,6 @@ def probe_listen(address: HostPort) -> str | None:
     except OSError as exc:
         return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
     return None
-
-
-def tune_garbage_collector() -> None:
-    """Every request allocates a few dozen short-lived objects. Moving everything built at start-up out of the
-    collector's sight (freeze) and collecting the young generation less often keeps collection off the
-    relay's per-request cost; reference counting still frees almost everything at once."""
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def serve_forever(config: Config) -> None:
@@ -316,6 +272,9 @@ async def serve_forever(config: Config) -> None:
         running.metrics_address,
         extra={"fields": config.summary()},
     )
+    if running.workers is not None:
+        log.info("%d processes relay on the API port (--workers): this one and relay workers with pids %s",
+                 config.workers, ", ".join(map(str, running.workers.pids())))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -324,18 +283,12 @@ async def serve_forever(config: Config) -> None:
     try:
         await stop.wait()
         log.info("shutting down; waiting up to %g s (--shutdown-grace) for %d requests in flight",
-                 config.shutdown_grace, running.proxy.in_flight if running.proxy else 0)
+                 config.shutdown_grace, running.in_flight)
     finally:
         await running.stop(config.shutdown_grace)
     log.info("stopped")
 
 
 def run(config: Config) -> None:
-    """Run until SIGINT/SIGTERM, on uvloop when it is installed (a faster event loop for the relay)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve_forever(config))
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve_forever(config))
+    """Run until SIGINT/SIGTERM."""
+    run_event_loop(serve_forever(config))
