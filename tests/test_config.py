@@ -180,3 +180,22 @@ def test_configuration_printout_says_on_and_off(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "log_content = off" in out and "host_metrics = on" in out
     assert "True" not in out and "None" not in out
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "--workers must be a whole number of at least 1, got '0'"),
+    ("two", "--workers must be a whole number of at least 1, got 'two'"),
+    ("65", "--workers must be at most 64, got '65'"),
+])
+def test_a_bad_worker_count_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], value: str,
+                                                      message: str) -> None:
+    assert main(["--workers", value], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_workers_default_to_one_and_are_read_from_the_environment() -> None:
+    config, errors = load([], {"OLLAMA_METRICS_PROXY_WORKERS": "4"})
+    assert errors == [] and config is not None and config.workers == 4
+    config, _ = load([])
+    assert config is not None and config.workers == 1

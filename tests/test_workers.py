@@ -1,0 +1,192 @@
+"""``--workers N``, the real command in child processes: the port shared, one process recording every request,
+a worker that dies replaced, a stop that leaves nothing behind. Expected figures come from the recording."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fake_ollama import FakeOllama, rec
+from tests.test_process import ProxyProcess
+
+CHAT = rec("chat_stream.ndjson")
+
+
+def final_object(body: bytes) -> dict[str, int]:
+    final: dict[str, int] = json.loads(body.splitlines()[-1])
+    assert final["done"] is True
+    return final
+
+
+async def scrape(url: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with these labels) on the proxy's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
+        text = await response.text()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+async def eventually(check: Callable[[], object], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def settles(url: str, name: str, expected: float, **labels: str) -> None:
+    """Reports reach the primary a moment after the client has its reply: wait for the figure."""
+    async def reached() -> bool:
+        return await scrape(url, name, **labels) == expected
+    await eventually(reached)
+
+
+def relay_workers(primary: psutil.Process) -> list[psutil.Process]:
+    return [child for child in primary.children() if "ollama_metrics_proxy.relay_worker" in " ".join(child.cmdline())]
+
+
+def client_connections(process: psutil.Process, port: int) -> int:
+    """Established connections this process accepted on the API port."""
+    return sum(1 for connection in process.net_connections(kind="tcp")
+               if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port)
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def many_connections() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+
+
+async def open_held_streams(fake: FakeOllama, api_url: str, http: aiohttp.ClientSession,
+                            count: int) -> list[tuple[aiohttp.ClientResponse, bytes]]:
+    """``count`` chats, each on its own connection, held by the fake Ollama after their first line."""
+    fake.gate, fake.gated_paths = asyncio.Event(), {"/api/chat"}
+    streams = []
+    for _ in range(count):
+        response = await http.post(api_url + "/api/chat", json={"model": "llama3.2"})
+        streams.append((response, await response.content.readline()))
+    return streams
+
+
+async def test_workers_share_the_port_and_one_process_records_every_request(fake: FakeOllama,
+                                                                           tmp_path: Path) -> None:
+    database = tmp_path / "log.sqlite3"
+    process = ProxyProcess("--upstream", fake.url, "--log-db", str(database), "--workers", "3")
+    port = int(process.api_url.rsplit(":", 1)[1])
+    primary = psutil.Process(process.process.pid)
+    workers = relay_workers(primary)
+    try:
+        assert len(workers) == 2
+        assert await scrape(process.metrics_url, "ollama_metrics_proxy_workers") == 3
+        streams_count = 24
+        async with many_connections() as http:
+            streams = await open_held_streams(fake, process.api_url, http, streams_count)
+            held = {p.pid: client_connections(p, port) for p in (primary, *workers)}
+            # The kernel spread the connections over the processes; all 24 on one has odds of about 3^-23.
+            assert sum(held.values()) == streams_count and sum(1 for n in held.values() if n) >= 2, held
+            # The primary counts the workers' requests in flight as its own.
+            assert await scrape(process.metrics_url, "ollama_requests_in_flight",
+                                endpoint="/api/chat") == streams_count
+            assert fake.gate is not None
+            fake.gate.set()
+            bodies = [first + await response.read() for response, first in streams]
+        assert all(body == CHAT.body for body in bodies)  # byte for byte, through every process
+
+        final = final_object(CHAT.body)
+        await settles(process.metrics_url, "ollama_requests_total", streams_count, endpoint="/api/chat",
+                      outcome="success")
+        assert await scrape(process.metrics_url, "ollama_requests_in_flight") == 0
+        assert await scrape(process.metrics_url, "ollama_generation_tokens_total") == \
+            streams_count * final["eval_count"]
+        assert await scrape(process.metrics_url, "ollama_prompt_tokens_total") == \
+            streams_count * final["prompt_eval_count"]
+    finally:
+        log = process.stop()
+    assert process.process.returncode == 0 and "Traceback" not in log, log
+    assert all(gone(worker) for worker in workers)
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT outcome, COUNT(*), SUM(generation_tokens) FROM requests GROUP BY outcome").fetchall()
+    assert rows == [("success", streams_count, streams_count * final["eval_count"])]
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_aborted(
+    fake: FakeOllama, tmp_path: Path,
+) -> None:
+    database = tmp_path / "log.sqlite3"
+    process = ProxyProcess("--upstream", fake.url, "--log-db", str(database), "--workers", "2")
+    port = int(process.api_url.rsplit(":", 1)[1])
+    primary = psutil.Process(process.process.pid)
+    try:
+        (worker,) = relay_workers(primary)
+        streams_count = 16
+        async with many_connections() as http:
+            streams = await open_held_streams(fake, process.api_url, http, streams_count)
+            on_worker = client_connections(worker, port)
+            assert 0 < on_worker < streams_count, on_worker  # each case has odds of 2^-16
+            worker.send_signal(signal.SIGKILL)
+
+            async def replaced() -> bool:
+                return (await scrape(process.metrics_url, "ollama_metrics_proxy_worker_restarts_total") == 1
+                        and await scrape(process.metrics_url, "ollama_metrics_proxy_workers") == 2)
+
+            await eventually(replaced)
+            # The dead worker's requests ended with it: no longer in flight, recorded as aborted.
+            assert await scrape(process.metrics_url, "ollama_requests_in_flight") == streams_count - on_worker
+            await settles(process.metrics_url, "ollama_requests_total", on_worker, outcome="aborted")
+            assert fake.gate is not None
+            fake.gate.set()
+            complete, cut = 0, 0
+            for response, first in streams:
+                try:
+                    body = first + await response.read()
+                except aiohttp.ClientPayloadError:
+                    cut += 1
+                else:
+                    assert body == CHAT.body
+                    complete += 1
+            assert (complete, cut) == (streams_count - on_worker, on_worker)
+            for _ in range(8):  # the replacement and the primary serve new requests
+                async with http.post(process.api_url + "/api/chat", json={"model": "llama3.2"}) as response:
+                    assert await response.read() == CHAT.body
+        (replacement,) = relay_workers(primary)
+        assert replacement.pid != worker.pid
+    finally:
+        log = process.stop()
+    assert f"relay worker 1 (pid {worker.pid}) exited unexpectedly (killed by SIGKILL); starting another" in log
+    assert "Traceback" not in log
+    with sqlite3.connect(database) as db:
+        outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome").fetchall())
+    assert outcomes == {"success": streams_count - on_worker + 8, "aborted": on_worker}, outcomes
+
+
+async def test_workers_leave_when_the_primary_is_killed(fake: FakeOllama) -> None:
+    """No orphan keeps relaying, unrecorded, on the port after the process that records is gone."""
+    process = ProxyProcess("--upstream", fake.url, "--workers", "3")
+    workers = relay_workers(psutil.Process(process.process.pid))
+    assert len(workers) == 2
+    process.process.kill()
+    process.process.wait()
+    await eventually(lambda: all(gone(worker) for worker in workers))
+    process.stop()
+    with contextlib.suppress(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as http, http.get(process.api_url + "/api/tags") as response:
+            raise AssertionError(f"something still answers on the API port: {response.status}")
