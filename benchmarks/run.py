@@ -75,20 +75,20 @@ class Cores:
     rest: frozenset[int] = frozenset()
 
     @classmethod
-    def split(cls) -> Cores:
+    def split(cls, target_cores: int = 1) -> Cores:
         available = sorted(os.sched_getaffinity(0))
-        if len(available) < 2:
+        if len(available) <= target_cores:
             return cls()
-        return cls(frozenset(available[-1:]), frozenset(available[:-1]))
+        return cls(frozenset(available[-target_cores:]), frozenset(available[:-target_cores]))
 
     @classmethod
-    def for_this_machine(cls, pin: bool | None) -> Cores:
+    def for_this_machine(cls, pin: bool | None, target_cores: int = 1) -> Cores:
         """Pinned when asked, or by default from PIN_FROM_CORES cores up. With one core left for the load
         generator and the upstream (a 2-core machine), they become the bottleneck and a faster target makes them
         slower (it hands them more, smaller reads): streamed throughput then ranks nginx below a Python relay."""
         if pin is None:
             pin = len(os.sched_getaffinity(0)) >= PIN_FROM_CORES
-        return cls.split() if pin else cls()
+        return cls.split(target_cores) if pin else cls()
 
     def pin(self, cores: frozenset[int]) -> Callable[[], None] | None:
         """A ``preexec_fn`` that pins the child (and whatever it forks, such as nginx's worker) before it starts."""
@@ -143,13 +143,15 @@ def start_target(name: str, upstream_url: str, cores: Cores = Cores()) -> Target
         command = [sys.executable, "-m", "benchmarks.passthrough", str(port), upstream_url]
     elif name == "pump":
         command = [sys.executable, "-m", "benchmarks.pump", str(port), upstream_url]
-    elif name in ("proxy", "proxy-nolog"):
+    elif name in ("proxy", "proxy-nolog") or name.startswith("proxy-w"):
         # "proxy" runs as users get it: every metric, every telemetry source and the request log on.
-        # "proxy-nolog" (informational) shows what the request log costs.
-        log_db = os.path.join(workdir, "requests.sqlite3") if name == "proxy" else "off"
+        # "proxy-nolog" (informational) shows what the request log costs; "proxy-wN" (--workers N) what more
+        # relaying processes buy.
+        log_db = "off" if name == "proxy-nolog" else os.path.join(workdir, "requests.sqlite3")
+        workers = name.removeprefix("proxy-w") if name.startswith("proxy-w") else "1"
         command = [sys.executable, "-m", "ollama_metrics_proxy", "--upstream", upstream_url,
                    "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{free_port()}",
-                   "--log-db", log_db, "--log-level", "warning"]
+                   "--log-db", log_db, "--log-level", "warning", "--workers", workers]
     elif name == "nginx":
         config = (HERE / "nginx.conf.template").read_text().format(
             root=workdir, port=port, upstream_port=upstream_url.rsplit(":", 1)[1])
@@ -346,6 +348,12 @@ async def measure(target: Target, seconds: float, sequential: int) -> dict[str, 
     results |= await many_streams(target, 256, 4, "s256")
     results |= await many_streams(target, 1024, 1, "s1024")
     results |= await upload(target)
+    # Throughput per core: what one core of the target's processes relays, whatever number of them it runs.
+    if "nonstreamed_cpu_us_per_request" in results:
+        results["requests_per_cpu_second"] = 1e6 / results["nonstreamed_cpu_us_per_request"]
+    for prefix in ("s256", "s1024"):
+        if f"{prefix}_cpu_us_per_chunk" in results:
+            results[f"{prefix}_chunks_per_cpu_second"] = 1e6 / results[f"{prefix}_cpu_us_per_chunk"]
     return results
 
 
@@ -438,11 +446,13 @@ def write_report(args: argparse.Namespace, report: dict[str, Any], text: str) ->
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    cores = Cores.for_this_machine(args.pin)
+    # With --workers N every target gets the same N cores (a one-process target uses one of them).
+    cores = Cores.for_this_machine(args.pin, max(args.workers, 1))
     if cores.rest:
         os.sched_setaffinity(0, cores.rest)  # the load generator beside the stand-in upstream
     upstream, upstream_url = await asyncio.to_thread(start_upstream, cores)
     names = ["direct", "pump", "passthrough", "proxy", "proxy-nolog"] + (
+        [f"proxy-w{args.workers}"] if args.workers > 1 else []) + (
         ["nginx"] if nginx_binary() and not args.no_nginx else [])
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
@@ -476,6 +486,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported (default 5)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each timed workload (default 5)")
     parser.add_argument("--sequential", type=int, default=200, help="requests in the sequential workload")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also measure the proxy with --workers N (target proxy-wN; informational)")
     parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the JSON report")
     parser.add_argument("--markdown", default="", help="also write the table and verdicts to this file")
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
