@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ollama_metrics_proxy.endpoints import Dialect, dialect_of
 from ollama_metrics_proxy.observe import Observation
+from ollama_metrics_proxy.pickling import pickled_by_fields
 
 
 class Outcome(enum.StrEnum):
@@ -25,6 +26,7 @@ class Phase(enum.StrEnum):
     STREAMING = "streaming"
 
 
+@pickled_by_fields
 @dataclass
 class Exchange:
     endpoint: str

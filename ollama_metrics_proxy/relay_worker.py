@@ -27,13 +27,16 @@ from ollama_metrics_proxy.workers import frame
 log = logging.getLogger("ollama_metrics_proxy.requests")
 CANCEL_WAIT_SECONDS: Final = 0.5
 CONNECTIONS_REPORT_SECONDS: Final = 1.0
+# Reports wait this long to go out together: one write here and one wake-up of the primary per batch rather than
+# two per request. Metrics and the request log lag the relay by at most this.
+REPORT_BATCH_SECONDS: Final = 0.005
 # Reports wait in the socket's buffer only if the primary stalls; past this they are dropped (and said), so a
 # stalled primary never grows a worker's memory without bound.
 MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
 
 
 class RemoteRecorder:
-    """A worker's recorder: each report goes to the primary, batched into one write per event-loop iteration."""
+    """A worker's recorder: each report goes to the primary, in batches (``REPORT_BATCH_SECONDS``)."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._loop = asyncio.get_running_loop()
@@ -64,9 +67,10 @@ class RemoteRecorder:
         self._reports.append(report)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_later(REPORT_BATCH_SECONDS, self.flush)
 
     def flush(self) -> None:
+        """Send what is waiting (also called directly, to send at once)."""
         self._flush_scheduled = False
         reports, self._reports = self._reports, []
         transport = self._transport

@@ -8,8 +8,8 @@ over all N processes, and relays exactly as the primary does. A worker reports e
 records it like one of its own: one set of metrics, one request log, one live page and usage API, so nothing
 has to be merged at scrape time and every figure keeps its single definition.
 
-Per relayed chunk a worker does exactly what the primary does; per request it adds two small pickles, batched
-into one write per event-loop iteration. A worker that dies is replaced (and counted); the requests it had in
+Per relayed chunk a worker does exactly what the primary does; per request it adds two small pickles, sent in
+batches a few milliseconds apart. A worker that dies is replaced (and counted); the requests it had in
 flight are recorded as aborted, as their clients saw them end.
 """
 

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import pickle
 import signal
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import psutil
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_metrics_proxy.exchange import Exchange, Outcome
+from ollama_metrics_proxy.labels import ModelLabels
+from ollama_metrics_proxy.metrics import TrafficMetrics
+from ollama_metrics_proxy.observe import Observation
+from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.workers import FRAME, WorkerLink, frame
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_process import ProxyProcess
 
@@ -190,3 +200,56 @@ async def test_workers_leave_when_the_primary_is_killed(fake: FakeOllama) -> Non
     with contextlib.suppress(aiohttp.ClientError):
         async with aiohttp.ClientSession() as http, http.get(process.api_url + "/api/tags") as response:
             raise AssertionError(f"something still answers on the API port: {response.status}")
+
+
+def exchange_with_every_field_set() -> Exchange:
+    """Every field away from its default, so a field the channel would lose shows up as a difference."""
+    values: dict[str, object] = {"endpoint": "/api/chat", "method": "POST", "path": "/api/chat?x=1", "started": 1.5,
+                                 "request_model": "llama3.2", "status": 200, "content_type": "application/x-ndjson",
+                                 "streaming": True, "outcome": Outcome.ABORTED, "ended": 9.25, "bytes_in": 7,
+                                 "bytes_out": 9, "client": "10.0.0.2", "client_identity": "team-a",
+                                 "wall_started": 1_700_000_000.5, "usage_injected": True, "overhead_request": 0.001,
+                                 "overhead_response": 0.002, "captured_request": bytearray(b"{}"),
+                                 "captured_response": bytearray(b"{\"done\":true}")}
+    assert set(values) | {"observation"} == {f.name for f in dataclasses.fields(Exchange)}
+    exchange = Exchange(**values)  # type: ignore[arg-type]
+    observation = exchange.observation
+    for field in dataclasses.fields(Observation):
+        if field.name != "gaps":
+            current = getattr(observation, field.name)
+            setattr(observation, field.name, True if isinstance(current, bool) else
+                    "x" if current is None and field.name in ("model", "error", "finish_reason") else 3)
+    observation.gaps.add(0.02)
+    return exchange
+
+
+def test_a_finished_exchange_crosses_the_channel_whole() -> None:
+    exchange = exchange_with_every_field_set()
+    assert pickle.loads(frame([("finish", 1, exchange)])[FRAME.size:]) == [("finish", 1, exchange)]
+
+
+async def test_the_primary_reads_reports_split_anywhere_and_survives_garbage() -> None:
+    """Frames cut at every byte, and a frame that is not a pickle (counted as an internal error), change nothing
+    of what the recorder is told."""
+    registry = CollectorRegistry()
+    metrics = TrafficMetrics(registry)
+    recorder = Recorder(metrics, ModelLabels(10, lambda: None))
+    link = WorkerLink(1, recorder)
+    exchange = exchange_with_every_field_set()
+    exchange.outcome, exchange.status = Outcome.SUCCESS, 200
+    start = ("start", 7, exchange.endpoint, exchange.method, exchange.path, exchange.request_model, exchange.started,
+             exchange.wall_started, exchange.client)
+    garbage = FRAME.pack(5) + b"nope!"
+    stream = frame([start]) + garbage + frame([("refused", "api", "host")]) + frame([("finish", 7, exchange)])
+    link.connection_made(cast(asyncio.Transport, None))
+    for byte in range(len(stream)):
+        link.data_received(stream[byte:byte + 1])
+    assert link.in_flight == 0
+    # Counted under the model the reply named; in flight meanwhile under "other" (not admitted before a reply).
+    assert registry.get_sample_value("ollama_requests_total",
+                                     {"endpoint": "/api/chat", "model": "x:latest", "outcome": "success"}) == 1
+    assert registry.get_sample_value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) == 0
+    assert registry.get_sample_value("ollama_generation_tokens_total", {"endpoint": "/api/chat", "model": "x:latest"}) == 3
+    assert registry.get_sample_value("ollama_metrics_proxy_internal_errors_total", {"stage": "worker"}) == 1
+    assert registry.get_sample_value("ollama_metrics_proxy_refused_requests_total",
+                                     {"listener": "api", "reason": "host"}) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
+from ollama_metrics_proxy.pickling import pickled_by_fields
+
 # Gaps between generated chunks, seconds. Local Ollama decodes at roughly 5-200 tokens/s, so most gaps sit
 # between 5 ms and 200 ms; the tail catches stalls (a busy GPU, a slow tool call parser).
 INTER_TOKEN_BUCKETS: tuple[float, ...] = (
@@ -17,6 +19,7 @@ INTER_TOKEN_BUCKETS: tuple[float, ...] = (
 LIFECYCLE_REASONS = frozenset({"load", "unload"})
 
 
+@pickled_by_fields
 @dataclass
 class GapCounts:
     """A per-request histogram of inter-token gaps, merged into the shared metric once at the end.
@@ -40,6 +43,7 @@ class GapCounts:
         self.observations += count
 
 
+@pickled_by_fields
 @dataclass
 class Observation:
     model: str | None = None
