@@ -148,6 +148,7 @@ class Request:
     __slots__ = (
         "_chunked",
         "_connection",
+        "_head",
         "_transport",
         "body",
         "body_exists",
@@ -176,9 +177,10 @@ class Request:
         self.body_exists = body_exists
         self.body = IncomingBody(connection)
         self.remote = connection.remote
-        self.started = False  # the response head was written
+        self.started = False  # the response was begun (its head is written, or about to be: ``start``)
         self.finished = False  # the whole response was written
         self._chunked = False
+        self._head: bytes | None = None  # a head held back until the first body bytes or the loop's next turn
 
     @property
     def path(self) -> str:
@@ -228,29 +230,51 @@ class Request:
         elif self.version == "1.0":
             framing.append(("Connection", "keep-alive"))
         self.started = True
-        self._write(encode_head(f"HTTP/1.1 {status} {reason}", [*headers, *framing]))
+        # Held back until the body's first bytes (one write, one system call and one segment for both, as the
+        # upstream usually sends them together) or, at the latest, the event loop's next turn.
+        self._head = encode_head(f"HTTP/1.1 {status} {reason}", [*headers, *framing])
+        self._connection.call_soon(self.flush_head)
 
     def write(self, data: bytes) -> None:
         """One piece of the body, framed and handed to the socket at once (never waits: see ``watch_writable``)."""
         transport = self._transport
         if transport.is_closing():
             return  # the client left; its handler is being cancelled
+        head = self._head
+        if head is not None:
+            self._head = None
         if not self._chunked:
-            transport.write(data)
+            if head is None:
+                transport.write(data)
+            else:
+                transport.writelines((head, data))
         elif len(data) <= SMALL_PIECE:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
+            framed = b"%x\r\n%b\r\n" % (len(data), data)
+            transport.write(framed if head is None else head + framed)
+        elif head is None:
             transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def flush_head(self) -> None:
+        """Write the head now if it is still held back."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._write(head)
 
     def finish(self) -> None:
         """The end of the body."""
         if self._chunked:
             self._write(b"0\r\n\r\n")
+        else:
+            self.flush_head()
         self.finished = True
 
     def abort(self) -> None:
         """Cut the connection: the client sees the response end abnormally."""
         self.keep_alive = False
+        self._head = None
         self._transport.abort()
 
     def watch_writable(self, paused: Callable[[], None], resumed: Callable[[], None]) -> None:
@@ -261,6 +285,8 @@ class Request:
             paused()
 
     def _write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -452,6 +478,9 @@ class FrontConnection(asyncio.Protocol):
             self._reading_paused -= 1
             if self._reading_paused == 0 and not self.transport.is_closing():
                 self.transport.resume_reading()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._loop.call_soon(callback)
 
     # ---------------------------------------------------------------- requests in turn
 
