@@ -160,6 +160,10 @@ async def _report_connections(recorder: RemoteRecorder, guard: ConnectionGuard) 
 
 
 def main() -> int:
+    if len(sys.argv) != 3 or sys.stdin.isatty():
+        print("ollama-metrics-proxy: the relay worker is started by the proxy itself (--workers N), not by hand",
+              file=sys.stderr)
+        return 2
     descriptor = int(sys.argv[2])  # argv[1], the worker's number, is there for ps
     config, port = pickle.load(sys.stdin.buffer)
     setup_logging(config.log_level, config.log_format)
