@@ -249,7 +249,8 @@ async def test_the_primary_reads_reports_split_anywhere_and_survives_garbage() -
     assert registry.get_sample_value("ollama_requests_total",
                                      {"endpoint": "/api/chat", "model": "x:latest", "outcome": "success"}) == 1
     assert registry.get_sample_value("ollama_requests_in_flight", {"endpoint": "/api/chat", "model": "other"}) == 0
-    assert registry.get_sample_value("ollama_generation_tokens_total", {"endpoint": "/api/chat", "model": "x:latest"}) == 3
+    assert registry.get_sample_value("ollama_generation_tokens_total",
+                                     {"endpoint": "/api/chat", "model": "x:latest"}) == 3
     assert registry.get_sample_value("ollama_metrics_proxy_internal_errors_total", {"stage": "worker"}) == 1
     assert registry.get_sample_value("ollama_metrics_proxy_refused_requests_total",
                                      {"listener": "api", "reason": "host"}) == 1
