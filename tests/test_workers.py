@@ -88,11 +88,13 @@ def many_connections() -> aiohttp.ClientSession:
 
 async def open_held_streams(fake: FakeOllama, api_url: str, http: aiohttp.ClientSession,
                             count: int) -> list[tuple[aiohttp.ClientResponse, bytes]]:
-    """``count`` chats, each on its own connection, held by the fake Ollama after their first line."""
+    """``count`` chats, each on its own connection, held by the fake Ollama after their first line; the i-th
+    from user ``user-i`` asking question ``i``."""
     fake.gate, fake.gated_paths = asyncio.Event(), {"/api/chat"}
     streams = []
-    for _ in range(count):
-        response = await http.post(api_url + "/api/chat", json={"model": "llama3.2"})
+    for number in range(count):
+        response = await http.post(api_url + "/api/chat", headers={"X-User": f"user-{number}"}, json={
+            "model": "llama3.2", "messages": [{"role": "user", "content": f"question {number}"}]})
         streams.append((response, await response.content.readline()))
     return streams
 
@@ -100,7 +102,8 @@ async def open_held_streams(fake: FakeOllama, api_url: str, http: aiohttp.Client
 async def test_workers_share_the_port_and_one_process_records_every_request(fake: FakeOllama,
                                                                            tmp_path: Path) -> None:
     database = tmp_path / "log.sqlite3"
-    process = ProxyProcess("--upstream", fake.url, "--log-db", str(database), "--workers", "3")
+    process = ProxyProcess("--upstream", fake.url, "--log-db", str(database), "--workers", "3",
+                           "--log-content", "on", "--client-header", "X-User")
     port = int(process.api_url.rsplit(":", 1)[1])
     primary = psutil.Process(process.process.pid)
     workers = relay_workers(primary)
@@ -135,7 +138,11 @@ async def test_workers_share_the_port_and_one_process_records_every_request(fake
     assert all(gone(worker) for worker in workers)
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT outcome, COUNT(*), SUM(generation_tokens) FROM requests GROUP BY outcome").fetchall()
+        logged = db.execute("SELECT client_identity, prompt_text, response_text FROM requests").fetchall()
     assert rows == [("success", streams_count, streams_count * final["eval_count"])]
+    # Who asked what, and the answer, cross from the worker that relayed each request (--log-content).
+    answer = "".join(json.loads(line)["message"]["content"] for line in CHAT.body.splitlines())
+    assert sorted(logged) == sorted((f"user-{n}", f"user: question {n}", answer) for n in range(streams_count))
 
 
 async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_aborted(
