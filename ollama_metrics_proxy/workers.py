@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 # program, joined by a socket pair the primary created before starting the worker.
 FRAME: Final = struct.Struct(">I")
 START_TIMEOUT_SECONDS: Final = 30.0
-RESTART_DELAY_SECONDS: Final = 1.0  # a worker that keeps failing is restarted at most once a second
+# A worker that dies is replaced after a second; one that keeps dying soon after its start waits twice as long each
+# time, up to half a minute, so a crash loop neither floods the log nor burns a core.
+RESTART_DELAY_SECONDS: Final = 1.0
+MAX_RESTART_DELAY_SECONDS: Final = 30.0
+STABLE_AFTER_SECONDS: Final = 30.0
 PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 
 
@@ -134,6 +138,16 @@ class _Worker:
     number: int
     process: asyncio.subprocess.Process
     link: WorkerLink
+    started: float  # time.monotonic()
+    waited: float = 0.0  # how long it was waited for after the one it replaced died (0: one of the first)
+
+
+def restart_delay(lived: float, waited: float) -> float:
+    """How long to wait before replacing a worker that died after ``lived`` seconds, itself started ``waited``
+    seconds after the death of the one before it."""
+    if lived >= STABLE_AFTER_SECONDS:
+        return RESTART_DELAY_SECONDS
+    return min(max(waited * 2, RESTART_DELAY_SECONDS), MAX_RESTART_DELAY_SECONDS)
 
 
 class WorkerPool:
@@ -225,7 +239,7 @@ class WorkerPool:
         recorder = self._recorder
         _, link = await asyncio.get_running_loop().create_unix_connection(
             lambda: WorkerLink(number, recorder), sock=ours)
-        return _Worker(number, process, link)
+        return _Worker(number, process, link, time.monotonic())
 
     def _watch(self, worker: _Worker) -> None:
         task = asyncio.create_task(self._replace_when_lost(worker))
@@ -238,9 +252,10 @@ class WorkerPool:
         if self._stopping:
             return
         self._restarts.inc()
-        log.warning("relay worker %d (pid %d) exited unexpectedly (%s); starting another", worker.number,
-                    worker.process.pid, _describe_exit(status))
-        await asyncio.sleep(RESTART_DELAY_SECONDS)
+        delay = restart_delay(time.monotonic() - worker.started, worker.waited)
+        log.warning("relay worker %d (pid %d) exited unexpectedly (%s); starting another in %g s", worker.number,
+                    worker.process.pid, _describe_exit(status), delay)
+        await asyncio.sleep(delay)
         if self._stopping:
             return
         try:
@@ -248,6 +263,7 @@ class WorkerPool:
         except OSError as exc:
             log.error("relay worker %d could not be restarted: %s", worker.number, exc)
             return
+        replacement.waited = delay
         self._workers[worker.number] = replacement
         self._watch(replacement)
 

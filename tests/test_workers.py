@@ -25,7 +25,7 @@ from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.recorder import Recorder
-from ollama_metrics_proxy.workers import FRAME, WorkerLink, frame
+from ollama_metrics_proxy.workers import FRAME, WorkerLink, frame, restart_delay
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_process import ProxyProcess
 
@@ -188,7 +188,7 @@ async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_a
         assert replacement.pid != worker.pid
     finally:
         log = process.stop()
-    assert f"relay worker 1 (pid {worker.pid}) exited unexpectedly (killed by SIGKILL); starting another" in log
+    assert f"relay worker 1 (pid {worker.pid}) exited unexpectedly (killed by SIGKILL); starting another in 1 s" in log
     assert "Traceback" not in log
     with sqlite3.connect(database) as db:
         outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM requests GROUP BY outcome").fetchall())
@@ -261,3 +261,11 @@ async def test_the_primary_reads_reports_split_anywhere_and_survives_garbage() -
     assert registry.get_sample_value("ollama_metrics_proxy_internal_errors_total", {"stage": "worker"}) == 1
     assert registry.get_sample_value("ollama_metrics_proxy_refused_requests_total",
                                      {"listener": "api", "reason": "host"}) == 1
+
+
+def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly() -> None:
+    waits = [restart_delay(lived=2.0, waited=0.0)]  # one of the first workers, dead two seconds after its start
+    while len(waits) < 8:
+        waits.append(restart_delay(lived=2.0, waited=waits[-1]))
+    assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert restart_delay(lived=600.0, waited=30.0) == 1  # one that ran a while is replaced at once again
