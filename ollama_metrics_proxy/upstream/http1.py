@@ -90,15 +90,19 @@ class ResponseParser:
         "framing",
         "head",
         "keep_alive",
+        "on_body",
     )
 
     def __init__(self, *, head_request: bool = False) -> None:
         self._head_only = head_request  # a reply to HEAD has no body, whatever its headers say
+        self._pieces: list[bytes] = []
+        # llhttp's body callback, once per piece of body (per token in a stream): the list's own append, so that
+        # no Python function runs per piece. llhttp looks its callbacks up once, when the parser is made.
+        self.on_body = self._pieces.append
         self._llhttp = httptools.HttpResponseParser(self)
         # Chunked wins over a Content-Length beside it, which is then dropped (RFC 9112 §6.3 rule 3), instead of
         # failing the response; every other leniency stays off.
         self._llhttp.set_dangerous_leniencies(lenient_chunked_length=True)
-        self._pieces: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._reason = b""
         self._status_seen = False
@@ -132,6 +136,7 @@ class ResponseParser:
             return b""
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
+        self._body_seen += len(body)
         return body
 
     def eof(self) -> None:
@@ -177,10 +182,6 @@ class ResponseParser:
         self._start_body(ResponseHead(version, status, self._reason.decode("latin-1"), self._headers))
         if self.complete and self._head_only:
             raise _Stop  # llhttp would wait for the body that a reply to HEAD never has
-
-    def on_body(self, body: bytes) -> None:
-        self._pieces.append(body)
-        self._body_seen += len(body)
 
     def on_message_complete(self) -> None:
         if self.head is not None:
