@@ -183,7 +183,11 @@ class WorkerPool:
     async def start(self) -> None:
         """Start every worker and wait until each listens; raises StartupError if one cannot."""
         for number in range(1, self._config.workers):
-            self._workers[number] = await self._spawn(number)
+            try:
+                self._workers[number] = await self._spawn(number)
+            except OSError as exc:  # no process could be made (out of memory, of processes, of descriptors)
+                raise StartupError(f"relay worker {number} of --workers {self._config.workers} could not be "
+                                   f"started: {exc.strerror or exc}") from None
         for number, worker in self._workers.items():
             await asyncio.wait({worker.link.ready, worker.link.lost}, timeout=START_TIMEOUT_SECONDS,
                                return_when=asyncio.FIRST_COMPLETED)

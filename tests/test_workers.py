@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import pickle
 import signal
@@ -17,6 +18,7 @@ from typing import cast
 
 import aiohttp
 import psutil
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,7 +27,9 @@ from ollama_metrics_proxy.labels import ModelLabels
 from ollama_metrics_proxy.metrics import TrafficMetrics
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.server import StartupError, start
 from ollama_metrics_proxy.workers import FRAME, WorkerLink, frame, restart_delay
+from tests.conftest import config_for
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_process import ProxyProcess
 
@@ -269,3 +273,21 @@ def test_a_worker_that_keeps_dying_is_replaced_ever_more_slowly() -> None:
         waits.append(restart_delay(lived=2.0, waited=waits[-1]))
     assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
     assert restart_delay(lived=600.0, waited=30.0) == 1  # one that ran a while is replaced at once again
+
+
+async def test_a_worker_that_cannot_be_made_is_one_clear_startup_error(fake: FakeOllama, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process to be had (EAGAIN: the process limit): the proxy does not start, and says why in one line;
+    nothing it opened is left listening."""
+    async def no_process(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", no_process)
+    config = config_for(fake.url, workers=3, log_db=str(tmp_path / "log.sqlite3"))
+    with pytest.raises(StartupError) as raised:
+        await start(config)
+    assert str(raised.value) == ("relay worker 1 of --workers 3 could not be started: "
+                                 "Resource temporarily unavailable")
+    listening = {connection.laddr.port for connection in psutil.Process().net_connections(kind="tcp")
+                 if connection.status == psutil.CONN_LISTEN}
+    assert listening == {int(fake.url.rsplit(":", 1)[1])}  # only the fake Ollama's own port
