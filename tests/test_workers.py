@@ -199,6 +199,24 @@ async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_a
     assert outcomes == {"success": streams_count - on_worker + 8, "aborted": on_worker}, outcomes
 
 
+async def test_every_worker_refuses_a_foreign_host_and_the_refusals_are_counted_once(fake: FakeOllama) -> None:
+    """Ollama's Host rule holds on whichever process a connection reaches (DNS rebinding), and nothing of the
+    refused requests reaches Ollama."""
+    process = ProxyProcess("--upstream", fake.url, "--workers", "3")
+    try:
+        async with many_connections() as http:
+            for _ in range(12):
+                async with http.post(process.api_url + "/api/chat", json={"model": "llama3.2"},
+                                     headers={"Host": "attacker.example"}) as response:
+                    assert response.status == 403 and await response.read() == b""
+        await settles(process.metrics_url, "ollama_metrics_proxy_refused_requests_total", 12, listener="api",
+                      reason="host")
+        assert not [seen for seen in fake.seen if seen.path_qs.startswith("/api/chat")]
+    finally:
+        log = process.stop()
+    assert "Traceback" not in log
+
+
 async def test_workers_leave_when_the_primary_is_killed(fake: FakeOllama) -> None:
     """No orphan keeps relaying, unrecorded, on the port after the process that records is gone."""
     process = ProxyProcess("--upstream", fake.url, "--workers", "3")
