@@ -37,9 +37,24 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str, fmt: str) -> None:
+class _WorkerField(logging.Filter):
+    """Tags every line of a relay worker (``--workers``) with its number, as lines from all the processes share
+    one stream."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.fields = {**(getattr(record, "fields", None) or {}), "worker": self._worker}
+        return True
+
+
+def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

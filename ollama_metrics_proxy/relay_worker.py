@@ -164,9 +164,9 @@ def main() -> int:
         print("ollama-metrics-proxy: the relay worker is started by the proxy itself (--workers N), not by hand",
               file=sys.stderr)
         return 2
-    descriptor = int(sys.argv[2])  # argv[1], the worker's number, is there for ps
+    number, descriptor = int(sys.argv[1]), int(sys.argv[2])
     config, port = pickle.load(sys.stdin.buffer)
-    setup_logging(config.log_level, config.log_format)
+    setup_logging(config.log_level, config.log_format, worker=number)
     raise_open_file_limit()
     channel = socket.socket(fileno=descriptor)
     status = 1

@@ -158,11 +158,11 @@ async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_a
     primary = psutil.Process(process.process.pid)
     try:
         (worker,) = relay_workers(primary)
-        streams_count = 16
+        streams_count = 24
         async with many_connections() as http:
             streams = await open_held_streams(fake, process.api_url, http, streams_count)
             on_worker = client_connections(worker, port)
-            assert 0 < on_worker < streams_count, on_worker  # each case has odds of 2^-16
+            assert 0 < on_worker < streams_count, on_worker  # each case has odds of 2^-24
             worker.send_signal(signal.SIGKILL)
 
             async def replaced() -> bool:
@@ -215,6 +215,24 @@ async def test_every_worker_refuses_a_foreign_host_and_the_refusals_are_counted_
     finally:
         log = process.stop()
     assert "Traceback" not in log
+
+
+async def test_a_workers_log_lines_say_which_worker_wrote_them(fake: FakeOllama) -> None:
+    """All processes write to one stream: each line of a relay worker carries its number, in JSON as in text."""
+    process = ProxyProcess("--upstream", fake.url, "--workers", "3", "--log-format", "json")
+    fake.die_after = 2  # every stream breaks off: each process that relayed one says so
+    try:
+        async with many_connections() as http:
+            for _ in range(36):  # the odds that one of the three processes gets none: about 3 * (2/3)^36, 1e-6
+                with contextlib.suppress(aiohttp.ClientPayloadError):
+                    async with http.post(process.api_url + "/api/chat", json={"model": "llama3.2"}) as response:
+                        await response.read()
+    finally:
+        log = process.stop()
+    entries = [json.loads(line) for line in log.splitlines() if line.strip()]  # one JSON object per line
+    broke = [entry for entry in entries if "upstream broke off" in entry["message"]]
+    assert len(broke) == 36
+    assert {entry.get("worker") for entry in broke} == {None, 1, 2}  # the primary's lines carry none
 
 
 async def test_workers_leave_when_the_primary_is_killed(fake: FakeOllama) -> None:
