@@ -97,7 +97,8 @@ class ResponseParser:
         self._head_only = head_request  # a reply to HEAD has no body, whatever its headers say
         self._pieces: list[bytes] = []
         # llhttp's body callback, once per piece of body (per token in a stream): the list's own append, so that
-        # no Python function runs per piece. llhttp looks its callbacks up once, when the parser is made.
+        # no Python function runs per piece. llhttp looks its callbacks up once, when the parser is made, so the
+        # list is only ever cleared, never replaced.
         self.on_body = self._pieces.append
         self._llhttp = httptools.HttpResponseParser(self)
         # Chunked wins over a Content-Length beside it, which is then dropped (RFC 9112 §6.3 rule 3), instead of
