@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
 from ollama_metrics_proxy.front import FrontServer
@@ -20,6 +21,9 @@ from ollama_metrics_proxy.listener import ConnectionGuard, default_max_connectio
 from ollama_metrics_proxy.proxy import Proxy
 from ollama_metrics_proxy.recorder import RequestRecorder
 from ollama_metrics_proxy.upstream import UpstreamClient
+
+# After the grace of a stop, how long cancelled handlers get to record their requests.
+CANCEL_WAIT_SECONDS: Final = 0.5
 
 
 class StartupError(Exception):
@@ -50,9 +54,9 @@ class ApiPort:
         self.listener.close()
         self.server.close_idle()
 
-    async def finish(self, grace: float, cancel_wait: float) -> None:
+    async def finish(self, grace: float) -> None:
         """Wait up to ``grace`` for the requests in flight, cut the rest, close every connection."""
-        await self.proxy.drain(grace, cancel_wait)
+        await self.proxy.drain(grace, CANCEL_WAIT_SECONDS)
         self.server.close_all()
 
 

@@ -25,7 +25,6 @@ from ollama_metrics_proxy.upstream import UpstreamClient
 from ollama_metrics_proxy.workers import frame
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
-CANCEL_WAIT_SECONDS: Final = 0.5
 CONNECTIONS_REPORT_SECONDS: Final = 1.0
 # Reports wait this long to go out together: one write here and one wake-up of the primary per batch rather than
 # two per request. Metrics and the request log lag the relay by at most this.
@@ -132,7 +131,7 @@ async def serve_worker(config: Config, port: int, channel: socket.socket) -> int
     finally:
         reporter.cancel()
         api.stop_accepting()
-        await api.finish(config.shutdown_grace, CANCEL_WAIT_SECONDS)
+        await api.finish(config.shutdown_grace)
         upstream.close()
         recorder.report(("connections", 0))
         recorder.flush()

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from ollama_metrics_proxy import __version__
 from ollama_metrics_proxy.admin import build_metrics_app
 from ollama_metrics_proxy.analytics import Analytics
-from ollama_metrics_proxy.api_port import ApiPort, StartupError, api_connection_limit, api_guard, open_api_port
+from ollama_metrics_proxy.api_port import CANCEL_WAIT_SECONDS, ApiPort, api_connection_limit, api_guard, open_api_port
+from ollama_metrics_proxy.api_port import StartupError as StartupError  # raised by start(), caught by the CLI
 from ollama_metrics_proxy.config import Config, HostPort
 from ollama_metrics_proxy.eventloop import run_event_loop, tune_garbage_collector
 from ollama_metrics_proxy.hosts import AllowedHosts, remembered
@@ -48,12 +49,9 @@ from ollama_metrics_proxy.workers import WorkerPool
 log = logging.getLogger(__name__)
 # After the grace, what is left of shutting down: cancelled handlers record their requests, idle connections close,
 # the request log writes what is queued. Together well under two seconds.
-CANCEL_WAIT_SECONDS = 0.5
 CONNECTION_CLOSE_SECONDS = 0.2
 SAMPLER_STOP_SECONDS = 0.3
 REQUEST_LOG_STOP_SECONDS = 0.8
-
-__all__ = ["RunningProxy", "StartupError", "run", "start"]
 
 
 def build_registry() -> CollectorRegistry:
@@ -116,7 +114,7 @@ class RunningProxy:
             for site in list(runner.sites):
                 await site.stop()
         if self.api is not None:
-            await self.api.finish(grace, CANCEL_WAIT_SECONDS)
+            await self.api.finish(grace)
         if self.workers is not None:  # every request they relayed is reported before the request log stops
             await self.workers.wait(CANCEL_WAIT_SECONDS + CONNECTION_CLOSE_SECONDS)
         await self.poller.stop()
