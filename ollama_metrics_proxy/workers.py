@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ollama_metrics_proxy.api_port import StartupError
-from ollama_metrics_proxy.config import Config, HostPort
+from ollama_metrics_proxy.config import ENV_PREFIX, Config, HostPort
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.recorder import Recorder
 
@@ -229,14 +229,15 @@ class WorkerPool:
     async def _spawn(self, number: int) -> _Worker:
         ours, theirs = socket.socketpair()
         try:
-            environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                [PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+            # The configuration (secrets included) goes through a pipe, never the command line or the
+            # environment: the proxy's own variables (an admin token, OTLP headers) are not passed on.
+            environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+            environment["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ollama_metrics_proxy.relay_worker", str(number), str(theirs.fileno()),
                 stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),), env=environment)
         finally:
             theirs.close()
-        # The configuration (secrets included) goes through a pipe, never the command line or the environment.
         assert process.stdin is not None
         process.stdin.write(pickle.dumps((self._config, self._address.port), protocol=pickle.HIGHEST_PROTOCOL))
         process.stdin.close()

@@ -199,11 +199,19 @@ async def test_a_worker_that_dies_is_replaced_and_its_requests_are_recorded_as_a
     assert outcomes == {"success": streams_count - on_worker + 8, "aborted": on_worker}, outcomes
 
 
-async def test_every_worker_refuses_a_foreign_host_and_the_refusals_are_counted_once(fake: FakeOllama) -> None:
+async def test_workers_hold_no_secret_and_each_refuses_a_foreign_host_counted_once(fake: FakeOllama) -> None:
     """Ollama's Host rule holds on whichever process a connection reaches (DNS rebinding), and nothing of the
     refused requests reaches Ollama."""
-    process = ProxyProcess("--upstream", fake.url, "--workers", "3")
+    secret = "admin-token-that-must-stay-in-one-process"
+    process = ProxyProcess("--upstream", fake.url, "--workers", "3",
+                           env={"OLLAMA_METRICS_PROXY_ADMIN_TOKEN": secret})
+    workers = relay_workers(psutil.Process(process.process.pid))
     try:
+        # Workers get their configuration through a pipe: no secret in their command line or environment.
+        assert len(workers) == 2
+        for worker in workers:
+            assert secret not in " ".join(worker.cmdline())
+            assert secret not in "".join(worker.environ().values())
         async with many_connections() as http:
             for _ in range(12):
                 async with http.post(process.api_url + "/api/chat", json={"model": "llama3.2"},
