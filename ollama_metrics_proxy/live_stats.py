@@ -35,7 +35,6 @@ class LiveStats:
     def __init__(self) -> None:
         self.started_at = time.time()
         self.in_flight = 0
-        self.totals = ModelTotals()
         self.aborted = 0
         self.ttft_sum = 0.0
         self.ttft_count = 0
@@ -59,22 +58,41 @@ class LiveStats:
         if obs.first_content_at is not None and exchange.streaming:
             self.ttft_sum += obs.first_content_at - exchange.started
             self.ttft_count += 1
-        for totals in (self.totals, self.models.setdefault(model_label, ModelTotals())):
-            totals.requests += 1
-            totals.prompt_tokens += obs.prompt_tokens or 0
-            totals.generation_tokens += generated or 0
-            totals.generation_tokens_estimated += (generated or 0) if estimated else 0
-            totals.duration_seconds += duration
-            if obs.eval_seconds is not None:  # decode speed over exactly the requests that timed their decode
-                totals.decoded_tokens += obs.generation_tokens or 0
-                totals.eval_seconds += obs.eval_seconds
-            totals.errors += exchange.outcome in ERROR_OUTCOMES
-            totals.client_errors += exchange.outcome in CLIENT_ERROR_OUTCOMES
-            totals.last_used = exchange.wall_started
+        # Only the model's totals: the overall ones are their sum (``totals``), added up when read.
+        totals = self.models.get(model_label)
+        if totals is None:
+            totals = self.models[model_label] = ModelTotals()
+        totals.requests += 1
+        totals.prompt_tokens += obs.prompt_tokens or 0
+        totals.generation_tokens += generated or 0
+        totals.generation_tokens_estimated += (generated or 0) if estimated else 0
+        totals.duration_seconds += duration
+        if obs.eval_seconds is not None:  # decode speed over exactly the requests that timed their decode
+            totals.decoded_tokens += obs.generation_tokens or 0
+            totals.eval_seconds += obs.eval_seconds
+        totals.errors += exchange.outcome in ERROR_OUTCOMES
+        totals.client_errors += exchange.outcome in CLIENT_ERROR_OUTCOMES
+        totals.last_used = exchange.wall_started
+
+    def totals(self) -> ModelTotals:
+        """Every model's totals added up (the models are bounded by the model-label guard)."""
+        overall = ModelTotals()
+        for model in list(self.models.values()):
+            overall.requests += model.requests
+            overall.prompt_tokens += model.prompt_tokens
+            overall.generation_tokens += model.generation_tokens
+            overall.generation_tokens_estimated += model.generation_tokens_estimated
+            overall.duration_seconds += model.duration_seconds
+            overall.decoded_tokens += model.decoded_tokens
+            overall.eval_seconds += model.eval_seconds
+            overall.errors += model.errors
+            overall.client_errors += model.client_errors
+            overall.last_used = max(overall.last_used, model.last_used)
+        return overall
 
     def summary(self) -> dict[str, Any]:
         durations = list(self._durations)
-        totals = self.totals
+        totals = self.totals()
         cut = quantiles(durations, n=100, method="inclusive") if len(durations) > 1 else durations * 99
         return {
             "uptime_seconds": round(time.time() - self.started_at, 3),

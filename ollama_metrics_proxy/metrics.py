@@ -168,6 +168,81 @@ class FastHistogram(_Family):
         return [family]
 
 
+class ModelSeries:
+    """One (endpoint, model) pair's child in every family labelled by exactly those two, each bound on first use.
+
+    Recording a request touches about twenty such children; looking each up by its label values cost more than
+    the updates themselves. A pair's children are bound once (``TrafficMetrics.series``) and read back as plain
+    attributes. Binding stays lazy, so a pair's series appear in /metrics only once something was recorded in
+    them, exactly as with ``labels()``.
+    """
+
+    # One slot per child, named as the family's attribute on TrafficMetrics (typed below for mypy).
+    __slots__ = (
+        "_families",
+        "_key",
+        "cached_tokens",
+        "duration",
+        "embedding_inputs",
+        "eval_duration",
+        "eval_seconds",
+        "eval_tokens",
+        "generation_speed",
+        "generation_tokens",
+        "generation_tokens_estimated",
+        "in_flight",
+        "inter_token_latency",
+        "load_duration",
+        "load_seconds",
+        "prompt_eval_duration",
+        "prompt_eval_seconds",
+        "prompt_eval_tokens",
+        "prompt_speed",
+        "prompt_tokens",
+        "queue_wait",
+        "request_generation_tokens",
+        "request_prompt_tokens",
+        "time_to_first_token",
+        "total_duration",
+    )
+
+    in_flight: GaugeCell
+    duration: HistogramCell
+    time_to_first_token: HistogramCell
+    inter_token_latency: HistogramCell
+    prompt_tokens: CounterCell
+    generation_tokens: CounterCell
+    generation_tokens_estimated: CounterCell
+    eval_tokens: CounterCell
+    prompt_eval_tokens: CounterCell
+    request_prompt_tokens: HistogramCell
+    request_generation_tokens: HistogramCell
+    cached_tokens: CounterCell
+    embedding_inputs: CounterCell
+    load_duration: HistogramCell
+    prompt_eval_duration: HistogramCell
+    eval_duration: HistogramCell
+    total_duration: HistogramCell
+    load_seconds: CounterCell
+    prompt_eval_seconds: CounterCell
+    eval_seconds: CounterCell
+    generation_speed: HistogramCell
+    prompt_speed: HistogramCell
+    queue_wait: HistogramCell
+
+    def __init__(self, families: dict[str, _Family], key: tuple[str, str]) -> None:
+        self._families = families
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        """Called only for a child not bound yet: bind it."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        child = self._families[name].labels(*self._key)
+        setattr(self, name, child)
+        return child
+
+
 class TrafficMetrics:
     """The families recorded once per proxied request, plus the proxy's own health counters."""
 
@@ -321,3 +396,14 @@ class TrafficMetrics:
             "ollama_metrics_proxy_internal_errors_total",
             "Failures inside the proxy's own metrics or logging code (the request itself was unaffected).",
             ("stage",), registry=registry)
+        self._pair_families: dict[str, _Family] = {
+            name: getattr(self, name) for name in ModelSeries.__slots__ if not name.startswith("_")}
+        self._series: dict[tuple[str, str], ModelSeries] = {}
+
+    def series(self, endpoint: str, model: str) -> ModelSeries:
+        """The children of one (endpoint, model) pair; both labels are bounded, so this cache is too."""
+        key = (endpoint, model)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ModelSeries(self._pair_families, key)
+        return series

@@ -12,7 +12,8 @@ from typing import Protocol
 from ollama_metrics_proxy.exchange import Exchange, Outcome
 from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
 from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.metrics import FastCounter, FastHistogram, TrafficMetrics
+from ollama_metrics_proxy.metrics import ModelSeries, TrafficMetrics
+from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.otel import GenAiMetrics
 from ollama_metrics_proxy.request_log import RequestLog
 
@@ -48,7 +49,7 @@ class Recorder:
         """
         try:
             label = self.models.resolve(exchange.request_model, may_add=False)
-            self.metrics.in_flight.labels(exchange.endpoint, label).inc()
+            self.metrics.series(exchange.endpoint, label).in_flight.inc()
             self.live.request_started(exchange)
             return label
         except Exception:
@@ -58,7 +59,7 @@ class Recorder:
     def finish(self, exchange: Exchange, in_flight_label: str) -> None:
         try:
             if in_flight_label:
-                self.metrics.in_flight.labels(exchange.endpoint, in_flight_label).dec()
+                self.metrics.series(exchange.endpoint, in_flight_label).in_flight.dec()
             model = self._record(exchange)
             self.live.request_finished(exchange, model)
         except Exception:
@@ -94,16 +95,18 @@ class Recorder:
         outcome = exchange.outcome or Outcome.SUCCESS
         admitted = 200 <= exchange.status < 400
         model = self.models.resolve(exchange.model, may_add=admitted)
-        key = (endpoint, model)
+        series = m.series(endpoint, model)
         m.requests.labels(endpoint, model, outcome.value).inc()
-        m.duration.labels(*key).observe(max(exchange.ended - exchange.started, 0.0))
+        series.duration.observe(max(exchange.ended - exchange.started, 0.0))
         if outcome is Outcome.ABORTED:
-            m.client_disconnects.labels(*key, exchange.disconnect_phase.value).inc()
+            m.client_disconnects.labels(endpoint, model, exchange.disconnect_phase.value).inc()
         if obs.lifecycle:  # a model load or unload: no generation to measure, only the load itself
-            m.load_requests.labels(*key, obs.finish_reason or "").inc()
-            self._record_phase(obs.load_seconds, m.load_duration, m.load_seconds, key)
+            m.load_requests.labels(endpoint, model, obs.finish_reason or "").inc()
+            if obs.load_seconds is not None:
+                series.load_duration.observe(obs.load_seconds)
+                series.load_seconds.inc(obs.load_seconds)
         else:
-            self._record_generation(exchange, key)
+            self._record_generation(exchange, series, endpoint, model)
         if exchange.overhead_request is not None:
             m.overhead.labels("request").observe(exchange.overhead_request)
         if exchange.overhead_response is not None:
@@ -116,57 +119,56 @@ class Recorder:
             log.debug("request", extra={"fields": _log_fields(exchange, model, outcome)})
         return model
 
-    def _record_generation(self, exchange: Exchange, key: tuple[str, str]) -> None:
-        m, obs = self.metrics, exchange.observation
+    def _record_generation(self, exchange: Exchange, series: ModelSeries, endpoint: str, model: str) -> None:
+        obs = exchange.observation
         if exchange.streaming and obs.first_content_at is not None:
-            m.time_to_first_token.labels(*key).observe(max(obs.first_content_at - exchange.started, 0.0))
+            series.time_to_first_token.observe(max(obs.first_content_at - exchange.started, 0.0))
         if obs.gaps.observations:
-            m.inter_token_latency.labels(*key).merge(obs.gaps.counts, obs.gaps.total)
+            series.inter_token_latency.merge(obs.gaps.counts, obs.gaps.total)
         if obs.finish_reason:
-            m.finished.labels(*key, finish_reason_label(obs.finish_reason)).inc()
-        self._record_tokens(exchange, key)
-        self._record_phase(obs.load_seconds, m.load_duration, m.load_seconds, key)
-        self._record_phase(obs.prompt_eval_seconds, m.prompt_eval_duration, m.prompt_eval_seconds, key)
-        self._record_phase(obs.eval_seconds, m.eval_duration, m.eval_seconds, key)
-        self._record_phase(obs.total_seconds, m.total_duration, None, key)
+            self.metrics.finished.labels(endpoint, model, finish_reason_label(obs.finish_reason)).inc()
+        _record_tokens(obs, series)
+        # Ollama's phases (native routes): each one's histogram and the sum its speed is computed over.
+        if obs.load_seconds is not None:
+            series.load_duration.observe(obs.load_seconds)
+            series.load_seconds.inc(obs.load_seconds)
+        if obs.prompt_eval_seconds is not None:
+            series.prompt_eval_duration.observe(obs.prompt_eval_seconds)
+            series.prompt_eval_seconds.inc(obs.prompt_eval_seconds)
+        if obs.eval_seconds is not None:
+            series.eval_duration.observe(obs.eval_seconds)
+            series.eval_seconds.inc(obs.eval_seconds)
+        if obs.total_seconds is not None:
+            series.total_duration.observe(obs.total_seconds)
         wait = obs.queue_wait_estimate()
         if wait is not None:
-            m.queue_wait.labels(*key).observe(wait)
+            series.queue_wait.observe(wait)
 
-    def _record_tokens(self, exchange: Exchange, key: tuple[str, str]) -> None:
-        m, obs = self.metrics, exchange.observation
-        generated, estimated = obs.generated()
-        if obs.prompt_tokens is not None:
-            m.prompt_tokens.labels(*key).inc(obs.prompt_tokens)
-            m.request_prompt_tokens.labels(*key).observe(obs.prompt_tokens)
-        if generated is not None:
-            m.generation_tokens.labels(*key).inc(generated)
-            m.request_generation_tokens.labels(*key).observe(generated)
-            if estimated:
-                m.generation_tokens_estimated.labels(*key).inc(generated)
-        if obs.cached_tokens is not None:
-            m.cached_tokens.labels(*key).inc(obs.cached_tokens)
-        if obs.embedding_inputs is not None:
-            m.embedding_inputs.labels(*key).inc(obs.embedding_inputs)
-        # Speeds pair a count with the duration Ollama measured for exactly those tokens: the counters below
-        # are the numerators of the decode and prefill rates over the same requests as their seconds.
-        if obs.eval_seconds is not None:
-            m.eval_tokens.labels(*key).inc(obs.generation_tokens or 0)
-            if obs.generation_tokens and obs.eval_seconds > 0:
-                m.generation_speed.labels(*key).observe(obs.generation_tokens / obs.eval_seconds)
-        if obs.prompt_eval_seconds is not None:
-            m.prompt_eval_tokens.labels(*key).inc(obs.prompt_tokens or 0)
-            if obs.prompt_tokens and obs.prompt_eval_seconds > 0:
-                m.prompt_speed.labels(*key).observe(obs.prompt_tokens / obs.prompt_eval_seconds)
 
-    @staticmethod
-    def _record_phase(seconds: float | None, histogram: FastHistogram, counter: FastCounter | None,
-                      key: tuple[str, str]) -> None:
-        if seconds is None:
-            return
-        histogram.labels(*key).observe(seconds)
-        if counter is not None:
-            counter.labels(*key).inc(seconds)
+def _record_tokens(obs: Observation, series: ModelSeries) -> None:
+    generated, estimated = obs.generated()
+    if obs.prompt_tokens is not None:
+        series.prompt_tokens.inc(obs.prompt_tokens)
+        series.request_prompt_tokens.observe(obs.prompt_tokens)
+    if generated is not None:
+        series.generation_tokens.inc(generated)
+        series.request_generation_tokens.observe(generated)
+        if estimated:
+            series.generation_tokens_estimated.inc(generated)
+    if obs.cached_tokens is not None:
+        series.cached_tokens.inc(obs.cached_tokens)
+    if obs.embedding_inputs is not None:
+        series.embedding_inputs.inc(obs.embedding_inputs)
+    # Speeds pair a count with the duration Ollama measured for exactly those tokens: the counters below are the
+    # numerators of the decode and prefill rates over the same requests as their seconds.
+    if obs.eval_seconds is not None:
+        series.eval_tokens.inc(obs.generation_tokens or 0)
+        if obs.generation_tokens and obs.eval_seconds > 0:
+            series.generation_speed.observe(obs.generation_tokens / obs.eval_seconds)
+    if obs.prompt_eval_seconds is not None:
+        series.prompt_eval_tokens.inc(obs.prompt_tokens or 0)
+        if obs.prompt_tokens and obs.prompt_eval_seconds > 0:
+            series.prompt_speed.observe(obs.prompt_tokens / obs.prompt_eval_seconds)
 
 
 def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, object]:
