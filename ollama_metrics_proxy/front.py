@@ -148,6 +148,7 @@ class Request:
     __slots__ = (
         "_chunked",
         "_connection",
+        "_first_values",
         "_head",
         "_transport",
         "body",
@@ -164,14 +165,15 @@ class Request:
     )
 
     def __init__(self, connection: FrontConnection, method: str, raw_path: str, version: str,
-                 headers: list[tuple[str, str]], keep_alive: bool, content_length: int | None,
-                 body_exists: bool) -> None:
+                 headers: list[tuple[str, str]], first_values: dict[str, str], keep_alive: bool,
+                 content_length: int | None, body_exists: bool) -> None:
         self._connection = connection
         self._transport = connection.transport
         self.method = method
         self.raw_path = raw_path  # the request target exactly as sent: path and raw query
         self.version = version
         self.headers = headers  # as received: names keep their case, repeats and order are kept
+        self._first_values = first_values  # each header's first value, by lower-cased name
         self.keep_alive = keep_alive
         self.content_length = content_length
         self.body_exists = body_exists
@@ -189,7 +191,7 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
-        return first_value(self.headers, name)
+        return self._first_values.get(name.lower())
 
     # ---------------------------------------------------------------- answering
 
@@ -431,17 +433,14 @@ class FrontConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        length: int | None = None
-        chunked = False
+        first_values: dict[str, str] = {}  # by lower-cased name: one pass here, every lookup later a dict's
         for key, value in self._headers:
-            lowered = key.lower()
-            if lowered == "content-length":
-                length = int(value)  # llhttp has checked it
-            elif lowered == "transfer-encoding":
-                chunked = True
+            first_values.setdefault(key.lower(), value)
+        chunked = "transfer-encoding" in first_values
+        length = None if chunked or "content-length" not in first_values else int(first_values["content-length"])
         request = Request(self, parser.get_method().decode("ascii"), self._url.decode("utf-8", "surrogateescape"),
-                          parser.get_http_version(), self._headers, parser.should_keep_alive(),
-                          None if chunked else length, chunked or bool(length))
+                          parser.get_http_version(), self._headers, first_values, parser.should_keep_alive(),
+                          length, chunked or bool(length))
         if not request.body_exists:
             request.body.feed_eof()
         self._parsing = self._last = request

@@ -11,12 +11,12 @@ responses, which are skipped. It costs a quarter of the hand-written decoder it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import httptools
 
-from ollama_metrics_proxy.headers import encode_head, first_value
+from ollama_metrics_proxy.headers import encode_head
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # Go's net/http and aiohttp allow about this much; Ollama sends < 1 KiB
 # field-vchar, SP and HTAB (RFC 9110 §5.5), and obs-text: every byte but the other control characters and DEL.
@@ -44,19 +44,31 @@ class ResponseHead:
     status: int
     reason: str
     headers: list[tuple[str, str]]  # as received: names keep their case, repeats and order are kept
+    # Each header's first value by lower-cased name: one pass when the head is made, every lookup a dict's.
+    first_values: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first_values: dict[str, str] = {}
+        for key, value in self.headers:
+            first_values.setdefault(key.lower(), value)
+        object.__setattr__(self, "first_values", first_values)  # frozen: set once, here
 
     def get(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
-        return first_value(self.headers, name)
+        return self.first_values.get(name.lower())
 
     def without(self, name: str) -> ResponseHead:
         name = name.lower()
+        if name not in self.first_values:
+            return self
         kept = [(key, value) for key, value in self.headers if key.lower() != name]
-        return self if len(kept) == len(self.headers) else ResponseHead(self.version, self.status, self.reason, kept)
+        return ResponseHead(self.version, self.status, self.reason, kept)
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated element of every header with this name, lower-cased and stripped."""
         name = name.lower()
+        if name not in self.first_values:
+            return []
         return [item.strip().lower() for key, value in self.headers if key.lower() == name
                 for item in value.split(",") if item.strip()]
 
