@@ -207,6 +207,7 @@ class ResponseParser:
         invalid fails as a whole, so the client gets a 502 and not a 200 followed by a cut connection."""
         transfer_codings = head.values("transfer-encoding")
         keep_alive = head.version == "1.1" and "close" not in head.values("connection")
+        length = None  # read only where it decides the framing: a chunked or bodiless reply ignores it
         if self._head_only or head.status in (204, 304):
             framing = NO_BODY
         elif transfer_codings:
@@ -219,12 +220,12 @@ class ResponseParser:
             without_length = head.without("content-length")
             keep_alive = keep_alive and without_length is head
             head = without_length
-        elif content_length(head) is not None:
+        elif (length := content_length(head)) is not None:
             framing = LENGTH
         else:
             framing, keep_alive = UNTIL_CLOSE, False
         self.head, self.framing, self.keep_alive = head, framing, keep_alive
-        if framing == NO_BODY or (framing == LENGTH and content_length(head) == 0):
+        if framing == NO_BODY or (framing == LENGTH and length == 0):
             self.complete = True
 
     def _fail(self, exc: BaseException, data: bytes) -> None:
