@@ -392,6 +392,12 @@ class FrontConnection(asyncio.Protocol):
             request.body.fail(gone)
         if self._current is not None and not self._current.done():
             self._current.cancel()  # the relay closes its upstream request: Ollama stops generating
+        # No more bytes will come: let go of llhttp (which holds this connection's callbacks) and of the requests
+        # (which hold this connection), cycles that only the garbage collector would free otherwise.
+        self._stopped_parsing = True  # data_received, the only user of llhttp, reads nothing from now on
+        if hasattr(self, "_parser"):
+            del self._parser
+        self._parsing = self._last = None
 
     def pause_writing(self) -> None:
         self.writing_paused = True

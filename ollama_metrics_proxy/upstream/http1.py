@@ -142,6 +142,9 @@ class ResponseParser:
                 self._fail(cause if isinstance(cause, MalformedResponse) else exc, data)
         except httptools.HttpParserError as exc:
             self._fail(exc, data)
+        finally:
+            if self.complete:
+                self._let_go_of_llhttp()
         if self.head is None and self._head_bytes > MAX_HEAD_BYTES:
             raise MalformedResponse(f"sent a response head longer than {MAX_HEAD_BYTES} bytes")
         pieces = self._pieces
@@ -158,6 +161,7 @@ class ResponseParser:
             return
         if self.head is not None and self.framing == UNTIL_CLOSE:
             self.complete = True
+            self._let_go_of_llhttp()
             return
         if self.head is None:
             raise MalformedResponse("closed the connection before sending a complete response head")
@@ -201,6 +205,13 @@ class ResponseParser:
             self.complete = True
 
     # ---------------------------------------------------------------- internals
+
+    def _let_go_of_llhttp(self) -> None:
+        """The response is read: drop llhttp. It holds this parser's callbacks while this parser holds it, a
+        reference cycle that only the garbage collector would free, about a dozen objects per request whose
+        collection cost ~9 us of CPU per request. Only ``feed`` uses llhttp, and not once ``complete``."""
+        if hasattr(self, "_llhttp"):
+            del self._llhttp
 
     def _start_body(self, head: ResponseHead) -> None:
         """Decide the body's framing (RFC 9112 §6.3) before the head is accepted: a head whose framing is
