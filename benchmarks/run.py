@@ -3,9 +3,10 @@
     python -m benchmarks.run [--rounds 5] [--seconds 5] [--json benchmarks/results.json] [--markdown FILE]
 
 Every target sits in front of the same fast stand-in upstream (benchmarks/upstream.py) and is measured in the
-same run, round after round with the targets interleaved, so that a noisy machine affects them alike. On machines
-of 4 cores or more the target under test runs alone on the last core and the load generator and the stand-in
-upstream share the others (``--pin`` / ``--no-pin`` decide it either way). Reported
+same run, round after round: in each round every target is started afresh, and each workload runs on all of them
+one after the other (in alternating order) before the next workload, so that a noisy machine affects them alike.
+On machines of 4 cores or more the target under test runs alone on the last core and the load generator and the
+stand-in upstream share the others (``--pin`` / ``--no-pin`` decide it either way). Reported
 figures are medians over rounds; the verdicts compare this proxy (and, with ``--workers N``, the proxy with that
 many relay processes) with the bare passthrough or nginx measured in the same run, never absolute times.
 """
@@ -335,26 +336,72 @@ async def upload(target: Target) -> dict[str, float]:
     return result
 
 
-async def measure(target: Target, seconds: float, sequential: int) -> dict[str, float]:
-    async with session() as http:  # warm up: connections, caches, the first database write
+Workload = Callable[[Target], Coroutine[Any, Any, dict[str, float]]]
+
+
+async def warm_up(target: Target) -> dict[str, float]:
+    """Connections, caches, the first database write."""
+    async with session() as http:
         for _ in range(20):
             async with http.post(f"{target.url}/api/chat?tokens=10", data=CHAT_BODY) as response:
                 await response.read()
-    results: dict[str, float] = {}
-    results |= await sequential_latency(target, sequential)
-    results |= {f"ndjson_{k}": v for k, v in (await stream_throughput(target, seconds, openai=False)).items()}
-    results |= {f"sse_{k}": v for k, v in (await stream_throughput(target, seconds, openai=True)).items()}
-    results |= await nonstreamed_rps(target, seconds)
-    results |= await many_streams(target, 256, 4, "s256")
-    results |= await many_streams(target, 1024, 1, "s1024")
-    results |= await upload(target)
-    # Throughput per core: what one core of the target's processes relays, whatever number of them it runs.
+    return {}
+
+
+def prefixed(prefix: str, results: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{key}": value for key, value in results.items()}
+
+
+def workloads(seconds: float, sequential: int) -> list[tuple[str, Workload]]:
+    """Every workload, in the order each target runs them: a target's memory figures depend on what it ran
+    before, so the order is the same for all of them."""
+
+    async def ndjson(target: Target) -> dict[str, float]:
+        return prefixed("ndjson", await stream_throughput(target, seconds, openai=False))
+
+    async def sse(target: Target) -> dict[str, float]:
+        return prefixed("sse", await stream_throughput(target, seconds, openai=True))
+
+    async def nonstreamed(target: Target) -> dict[str, float]:
+        return await nonstreamed_rps(target, seconds)
+
+    async def sequential_requests(target: Target) -> dict[str, float]:
+        return await sequential_latency(target, sequential)
+
+    async def streams_256(target: Target) -> dict[str, float]:
+        return await many_streams(target, 256, 4, "s256")
+
+    async def streams_1024(target: Target) -> dict[str, float]:
+        return await many_streams(target, 1024, 1, "s1024")
+
+    return [("warm-up", warm_up), ("sequential", sequential_requests), ("NDJSON streams", ndjson),
+            ("SSE streams", sse), ("non-streamed", nonstreamed), ("256 streams", streams_256),
+            ("1,024 streams", streams_1024), ("upload", upload)]
+
+
+async def measure_round(targets: list[Target], steps: list[tuple[str, Workload]], round_number: int,
+                        rounds: int) -> dict[str, dict[str, float]]:
+    """One round: each workload in turn, run on every target one after the other before the next workload, so
+    that the figures compared with each other are taken seconds apart, not minutes (a shared machine's speed
+    drifts within minutes). The targets' order alternates from one workload to the next."""
+    results: dict[str, dict[str, float]] = {target.name: {} for target in targets}
+    for index, (label, step) in enumerate(steps):
+        order = targets if (round_number + index) % 2 else targets[::-1]
+        for target in order:
+            print(f"round {round_number}/{rounds}: {label}: {target.name} …", file=sys.stderr, flush=True)
+            results[target.name] |= await step(target)
+    for figures in results.values():
+        add_throughput_per_core(figures)
+    return results
+
+
+def add_throughput_per_core(results: dict[str, float]) -> None:
+    """What one core of the target's processes relays, whatever number of them it runs."""
     if "nonstreamed_cpu_us_per_request" in results:
         results["requests_per_cpu_second"] = 1e6 / results["nonstreamed_cpu_us_per_request"]
     for prefix in ("s256", "s1024"):
         if f"{prefix}_cpu_us_per_chunk" in results:
             results[f"{prefix}_chunks_per_cpu_second"] = 1e6 / results[f"{prefix}_cpu_us_per_chunk"]
-    return results
 
 
 # ---------------------------------------------------------------- verdicts and report
@@ -461,15 +508,20 @@ async def main_async(args: argparse.Namespace) -> int:
         [f"proxy-w{args.workers}"] if args.workers > 1 else []) + (
         ["nginx"] if nginx_binary() and not args.no_nginx else [])
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    steps = workloads(args.seconds, args.sequential)
     try:
         for round_number in range(1, args.rounds + 1):
-            for name in names:
-                target = await asyncio.to_thread(start_target, name, upstream_url, cores)
-                try:
-                    print(f"round {round_number}/{args.rounds}: {name} …", file=sys.stderr, flush=True)
-                    rounds[name].append(await measure(target, args.seconds, args.sequential))
-                finally:
+            # Fresh processes every round; all of them up together, each loaded in its turn.
+            targets: list[Target] = []
+            try:
+                for name in names:
+                    targets.append(await asyncio.to_thread(start_target, name, upstream_url, cores))
+                results = await measure_round(targets, steps, round_number, args.rounds)
+            finally:
+                for target in targets:
                     target.stop()
+            for name in names:
+                rounds[name].append(results[name])
     finally:
         upstream.terminate()
         upstream.wait()
