@@ -34,7 +34,7 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
-from ollama_metrics_proxy.headers import encode_head, first_value
+from ollama_metrics_proxy.headers import encode_head, first_value, first_values
 
 log = logging.getLogger(__name__)
 
@@ -439,13 +439,11 @@ class FrontConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        first_values: dict[str, str] = {}  # by lower-cased name: one pass here, every lookup later a dict's
-        for key, value in self._headers:
-            first_values.setdefault(key.lower(), value)
-        chunked = "transfer-encoding" in first_values
-        length = None if chunked or "content-length" not in first_values else int(first_values["content-length"])
+        values = first_values(self._headers)
+        chunked = "transfer-encoding" in values
+        length = None if chunked or "content-length" not in values else int(values["content-length"])
         request = Request(self, parser.get_method().decode("ascii"), self._url.decode("utf-8", "surrogateescape"),
-                          parser.get_http_version(), self._headers, first_values, parser.should_keep_alive(),
+                          parser.get_http_version(), self._headers, values, parser.should_keep_alive(),
                           length, chunked or bool(length))
         if not request.body_exists:
             request.body.feed_eof()

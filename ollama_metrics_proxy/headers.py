@@ -14,6 +14,15 @@ def first_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     return next((value for key, value in headers if key.lower() == name), None)
 
 
+def first_values(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Each header's first value by lower-cased name: made in one pass over a head, so that every lookup after
+    it is a dict's instead of a scan of the list."""
+    values: dict[str, str] = {}
+    for name, value in headers:
+        values.setdefault(name.lower(), value)
+    return values
+
+
 def encode_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """A start line, its header lines and the blank line. Names and values come from llhttp, which has already
     refused CR and LF in them, or from the proxy itself; surrogateescape gives back the exact bytes received."""

@@ -16,7 +16,7 @@ from typing import Final
 
 import httptools
 
-from ollama_metrics_proxy.headers import encode_head
+from ollama_metrics_proxy.headers import encode_head, first_values
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # Go's net/http and aiohttp allow about this much; Ollama sends < 1 KiB
 # field-vchar, SP and HTAB (RFC 9110 §5.5), and obs-text: every byte but the other control characters and DEL.
@@ -44,14 +44,11 @@ class ResponseHead:
     status: int
     reason: str
     headers: list[tuple[str, str]]  # as received: names keep their case, repeats and order are kept
-    # Each header's first value by lower-cased name: one pass when the head is made, every lookup a dict's.
+    # Each header's first value by lower-cased name (``headers.first_values``), made once with the head.
     first_values: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        first_values: dict[str, str] = {}
-        for key, value in self.headers:
-            first_values.setdefault(key.lower(), value)
-        object.__setattr__(self, "first_values", first_values)  # frozen: set once, here
+        object.__setattr__(self, "first_values", first_values(self.headers))  # frozen: set once, here
 
     def get(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
