@@ -101,10 +101,11 @@ class UpstreamClient:
                       body: Body = None) -> UpstreamResponse:
         """Send a request (``target`` as the client sent it: path and raw query) and wait for the response
         head. ``headers`` are forwarded as given; Host, framing and the URL's credentials are added here."""
-        headers, chunked = self._complete_headers(headers, body)
+        names = {name.lower() for name, _ in headers}
+        headers, chunked = self._complete_headers(headers, names, body)
         head = request_head(method, self._path_prefix + target, self._host_header, headers)
         retry_allowed = not isinstance(body, AsyncIterator) and (  # a streamed body cannot be sent twice
-            method in REPLAYABLE_METHODS or any(name.lower() in IDEMPOTENCY_HEADERS for name, _ in headers))
+            method in REPLAYABLE_METHODS or not names.isdisjoint(IDEMPOTENCY_HEADERS))
         while True:
             connection, reused = await self._acquire()
             connection.begin(ResponseParser(head_request=method == "HEAD"))
@@ -157,12 +158,11 @@ class UpstreamClient:
 
     # ---------------------------------------------------------------- internals
 
-    def _complete_headers(self, headers: list[tuple[str, str]], body: Body
+    def _complete_headers(self, headers: list[tuple[str, str]], names: set[str], body: Body
                           ) -> tuple[list[tuple[str, str]], bool]:
         """Adds what the relay does not copy: credentials from the URL (unless the client sent its own) and
-        framing for a body whose length the client did not give. Returns the headers and whether the body
-        goes chunked."""
-        names = {name.lower() for name, _ in headers}
+        framing for a body whose length the client did not give. ``names`` are the headers' names, lower-cased.
+        Returns the headers and whether the body goes chunked."""
         extra = []
         chunked = False
         if self._authorization and "authorization" not in names:
