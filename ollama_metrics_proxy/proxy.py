@@ -38,22 +38,26 @@ from ollama_metrics_proxy.upstream import (
 log = logging.getLogger(__name__)
 
 # RFC 9110 §7.6.1: connection-specific headers are never forwarded. Host is set from the upstream URL, because
-# Ollama on loopback rejects a foreign Host with 403; Expect is answered by this server itself.
+# Ollama on loopback rejects a foreign Host with 403; Expect is answered by this server itself (both below).
 HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-REQUEST_ONLY_DROPPED: Final = frozenset({"host", "expect"})
+# What each direction drops, computed once (the relay picks one per request).
+REQUEST_DROPPED: Final = HOP_BY_HOP | {"host", "expect"}
+REWRITTEN_REQUEST_DROPPED: Final = REQUEST_DROPPED | {"content-length"}  # the body gets its own length
+RESPONSE_DROPPED: Final = HOP_BY_HOP
+STRIPPED_RESPONSE_DROPPED: Final = HOP_BY_HOP | {"content-length"}  # the body is rewritten on the way
 MODEL_SNIFF_BYTES: Final = 64 * 1024
 
 
 def forwardable(headers: Iterable[tuple[str, str]], connection: str | None,
-                extra_dropped: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """Copy header pairs, dropping hop-by-hop ones and any that ``connection`` (the Connection header) names.
+                dropped: frozenset[str]) -> list[tuple[str, str]]:
+    """Copy header pairs, leaving out those named in ``dropped`` (lower-case; the hop-by-hop ones among them)
+    and any that ``connection`` (the Connection header) names.
 
     Keeps repeated headers and their order.
     """
-    dropped = HOP_BY_HOP | extra_dropped
     if connection:
         dropped = dropped | {token.strip().lower() for token in connection.split(",")}
     return [(key, value) for key, value in headers if key.lower() not in dropped]
@@ -138,7 +142,7 @@ class Proxy:
     async def _relay(self, request: Request, exchange: Exchange, body: RequestBody) -> None:
         upstream_url = self._upstream.base_url
         # A rewritten body gets its own Content-Length from the upstream client.
-        dropped = REQUEST_ONLY_DROPPED | {"content-length"} if exchange.usage_injected else REQUEST_ONLY_DROPPED
+        dropped = REWRITTEN_REQUEST_DROPPED if exchange.usage_injected else REQUEST_DROPPED
         try:
             upstream = await self._upstream.request(
                 request.method, request.raw_path,
@@ -174,7 +178,7 @@ class Proxy:
         exchange.streaming = is_streaming_type(exchange.content_type)
         stripper = UsageStripper() if exchange.usage_injected and exchange.streaming else None
         headers = forwardable(head.headers, head.get("connection"),
-                              frozenset({"content-length"}) if stripper is not None else frozenset())
+                              STRIPPED_RESPONSE_DROPPED if stripper is not None else RESPONSE_DROPPED)
         if exchange.streaming:
             headers.append(("X-Accel-Buffering", "no"))  # an nginx in front must not buffer the stream either
         request.start(head.status, head.reason, headers)
