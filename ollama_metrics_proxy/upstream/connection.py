@@ -30,6 +30,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiter",
         "_error",
         "_loop",
+        "_poller",
         "_read_waiter",
         "_reading_paused",
         "_sink",
@@ -61,11 +62,13 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._sink: Callable[[bytes], None] | None = None  # push mode: where body pieces go as they are read
+        self._poller: select.poll | None = None  # watches the socket for ``shows_close``; None: cannot tell
 
     # ---------------------------------------------------------------- protocol callbacks (event loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self._poller = _readable_poller(transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
@@ -189,18 +192,9 @@ class Connection(asyncio.Protocol):
     def shows_close(self) -> bool:
         """Whether an idle connection's socket is readable: the upstream's close (or stray bytes) arrived and the
         event loop has not run its callbacks yet. One poll of the socket, no waiting."""
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             return True
-        sock = self.transport.get_extra_info("socket")
-        try:
-            descriptor = sock.fileno() if sock is not None else -1
-        except (OSError, ValueError):
-            return True
-        if descriptor < 0:
-            return sock is not None
-        poller = select.poll()
-        poller.register(descriptor, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
+        return self._poller is not None and bool(self._poller.poll(0))
 
     def close(self) -> None:
         self.closed = True
@@ -239,6 +233,21 @@ class Connection(asyncio.Protocol):
             await self._read_waiter
         finally:
             self._read_waiter = None
+
+
+def _readable_poller(transport: asyncio.BaseTransport) -> select.poll | None:
+    """A poll object watching the transport's socket for input, made once per connection (the descriptor stays
+    the connection's until ``connection_lost``, and ``shows_close`` asks ``is_closing`` first)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        descriptor = sock.fileno() if sock is not None else -1
+    except (OSError, ValueError):
+        return None
+    if descriptor < 0:
+        return None
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN | select.POLLPRI)
+    return poller
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
