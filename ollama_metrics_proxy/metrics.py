@@ -236,9 +236,10 @@ class ModelSeries:
 
     def __getattr__(self, name: str) -> Any:
         """Called only for a child not bound yet: bind it."""
-        if name.startswith("_"):
+        family = None if name.startswith("_") else self._families.get(name)
+        if family is None:
             raise AttributeError(name)
-        child = self._families[name].labels(*self._key)
+        child = family.labels(*self._key)
         setattr(self, name, child)
         return child
 
