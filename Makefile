@@ -2,6 +2,7 @@
 #   make run    bootstrap .venv and start the proxy (ARGS="--upstream http://host:11434" to pass flags)
 #   make test   bootstrap .venv and the Debian packages the tests need, lint, type-check, run the suite
 #   make bench  the side-by-side benchmark (benchmarks/RESULTS.md)
+#   make ab     what a change buys: AB_ARGS="c9a51a8 HEAD" compares revisions in paired bursts
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ RUN_STAMP := $(VENV)/.run-stamp
 STAMP := $(VENV)/.test-stamp
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest system-deps node-tools bench demo clean
+.PHONY: run test lint typecheck pytest system-deps node-tools bench ab demo clean
 
 # What running needs, and nothing more (make run); the test toolchain comes on top (make test).
 $(RUN_STAMP): pyproject.toml
@@ -57,6 +58,9 @@ bench: $(STAMP)
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; } || \
 		echo "note: nginx could not be installed; the benchmark runs without it"
 	$(BIN)/python -m benchmarks.run --markdown benchmarks/latest.md $(BENCH_ARGS)
+
+ab: $(STAMP)
+	$(BIN)/python -m benchmarks.ab $(or $(AB_ARGS),HEAD)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -135,7 +135,8 @@ class Target:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_target(name: str, upstream_url: str, cores: Cores = Cores()) -> Target:
+def start_target(name: str, upstream_url: str, cores: Cores = Cores(), root: Path = HERE.parent) -> Target:
+    """Start one target. ``root`` is the checkout the proxy runs from (``benchmarks.ab`` runs other revisions)."""
     if name == "direct":
         return Target(name, upstream_url)
     port = free_port()
@@ -160,7 +161,8 @@ def start_target(name: str, upstream_url: str, cores: Cores = Cores()) -> Target
         command = [nginx_binary() or "nginx", "-c", os.path.join(workdir, "nginx.conf"), "-p", workdir]
     else:
         raise ValueError(name)
-    process = subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.DEVNULL,
+    environment = {**os.environ, "PYTHONPATH": str(root)} if root != HERE.parent else None
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, env=environment,
                                preexec_fn=cores.pin(cores.target))
     wait_for_port(port, process)
     return Target(name, f"http://127.0.0.1:{port}", process, workdir)
