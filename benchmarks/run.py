@@ -150,10 +150,11 @@ def start_target(name: str, upstream_url: str, cores: Cores = Cores(), root: Pat
         # "proxy-nolog" (informational) shows what the request log costs; "proxy-wN" (--workers N) what more
         # relaying processes buy.
         log_db = "off" if name == "proxy-nolog" else os.path.join(workdir, "requests.sqlite3")
-        workers = name.removeprefix("proxy-w") if name.startswith("proxy-w") else "1"
+        # --workers only where asked for: an A/B run (benchmarks.ab) may start revisions older than the flag.
+        workers = ["--workers", name.removeprefix("proxy-w")] if name.startswith("proxy-w") else []
         command = [sys.executable, "-m", "ollama_metrics_proxy", "--upstream", upstream_url,
                    "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{free_port()}",
-                   "--log-db", log_db, "--log-level", "warning", "--workers", workers]
+                   "--log-db", log_db, "--log-level", "warning", *workers]
     elif name == "nginx":
         config = (HERE / "nginx.conf.template").read_text().format(
             root=workdir, port=port, upstream_port=upstream_url.rsplit(":", 1)[1])
