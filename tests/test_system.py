@@ -79,8 +79,11 @@ def test_server_found_by_name_with_its_runner_and_then_gone(
 
 
 def test_server_given_by_pid() -> None:
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # The child says when its interpreter is up: sampled while still starting, its memory grows under the test.
+    process = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                               stdout=subprocess.PIPE)
     try:
+        assert process.stdout is not None and process.stdout.readline() == b"up\n"
         sampler = OllamaProcessSampler(5.0, ollama_pid=process.pid)
         registry = registry_for(sampler)
         sampler.sample_once()
@@ -90,6 +93,8 @@ def test_server_given_by_pid() -> None:
     finally:
         process.kill()
         process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
     sampler.sample_once()
     assert sampler.snapshot is None
     assert sampler.health.status.detail == f"no process with --ollama-pid {process.pid}"
