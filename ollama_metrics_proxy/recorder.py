@@ -102,9 +102,7 @@ class Recorder:
             m.client_disconnects.labels(endpoint, model, exchange.disconnect_phase.value).inc()
         if obs.lifecycle:  # a model load or unload: no generation to measure, only the load itself
             m.load_requests.labels(endpoint, model, obs.finish_reason or "").inc()
-            if obs.load_seconds is not None:
-                series.load_duration.observe(obs.load_seconds)
-                series.load_seconds.inc(obs.load_seconds)
+            _record_load(obs, series)
         else:
             self._record_generation(exchange, series, endpoint, model)
         if exchange.overhead_request is not None:
@@ -128,10 +126,9 @@ class Recorder:
         if obs.finish_reason:
             self.metrics.finished.labels(endpoint, model, finish_reason_label(obs.finish_reason)).inc()
         _record_tokens(obs, series)
-        # Ollama's phases (native routes): each one's histogram and the sum its speed is computed over.
-        if obs.load_seconds is not None:
-            series.load_duration.observe(obs.load_seconds)
-            series.load_seconds.inc(obs.load_seconds)
+        # Ollama's phases (native routes): each one's histogram and the sum its speed is computed over. A phase
+        # the reply did not report touches no series (each child is made on first use).
+        _record_load(obs, series)
         if obs.prompt_eval_seconds is not None:
             series.prompt_eval_duration.observe(obs.prompt_eval_seconds)
             series.prompt_eval_seconds.inc(obs.prompt_eval_seconds)
@@ -143,6 +140,12 @@ class Recorder:
         wait = obs.queue_wait_estimate()
         if wait is not None:
             series.queue_wait.observe(wait)
+
+
+def _record_load(obs: Observation, series: ModelSeries) -> None:
+    if obs.load_seconds is not None:
+        series.load_duration.observe(obs.load_seconds)
+        series.load_seconds.inc(obs.load_seconds)
 
 
 def _record_tokens(obs: Observation, series: ModelSeries) -> None:
