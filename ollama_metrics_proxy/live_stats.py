@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from statistics import quantiles
 from typing import Any
 
@@ -27,6 +27,9 @@ class ModelTotals:
     errors: int = 0
     client_errors: int = 0
     last_used: float = 0.0
+
+
+TOTALS_FIELDS = tuple(field.name for field in fields(ModelTotals) if field.name != "last_used")  # the sums
 
 
 class LiveStats:
@@ -75,18 +78,12 @@ class LiveStats:
         totals.last_used = exchange.wall_started
 
     def totals(self) -> ModelTotals:
-        """Every model's totals added up (the models are bounded by the model-label guard)."""
+        """Every model's totals added up (the models are bounded by the model-label guard); ``last_used`` is the
+        latest of them."""
         overall = ModelTotals()
         for model in list(self.models.values()):
-            overall.requests += model.requests
-            overall.prompt_tokens += model.prompt_tokens
-            overall.generation_tokens += model.generation_tokens
-            overall.generation_tokens_estimated += model.generation_tokens_estimated
-            overall.duration_seconds += model.duration_seconds
-            overall.decoded_tokens += model.decoded_tokens
-            overall.eval_seconds += model.eval_seconds
-            overall.errors += model.errors
-            overall.client_errors += model.client_errors
+            for name in TOTALS_FIELDS:
+                setattr(overall, name, getattr(overall, name) + getattr(model, name))
             overall.last_used = max(overall.last_used, model.last_used)
         return overall
 
