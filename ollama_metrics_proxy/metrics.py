@@ -177,35 +177,6 @@ class ModelSeries:
     them, exactly as with ``labels()``.
     """
 
-    # One slot per child, named as the family's attribute on TrafficMetrics (typed below for mypy).
-    __slots__ = (
-        "_families",
-        "_key",
-        "cached_tokens",
-        "duration",
-        "embedding_inputs",
-        "eval_duration",
-        "eval_seconds",
-        "eval_tokens",
-        "generation_speed",
-        "generation_tokens",
-        "generation_tokens_estimated",
-        "in_flight",
-        "inter_token_latency",
-        "load_duration",
-        "load_seconds",
-        "prompt_eval_duration",
-        "prompt_eval_seconds",
-        "prompt_eval_tokens",
-        "prompt_speed",
-        "prompt_tokens",
-        "queue_wait",
-        "request_generation_tokens",
-        "request_prompt_tokens",
-        "time_to_first_token",
-        "total_duration",
-    )
-
     in_flight: GaugeCell
     duration: HistogramCell
     time_to_first_token: HistogramCell
@@ -229,6 +200,10 @@ class ModelSeries:
     generation_speed: HistogramCell
     prompt_speed: HistogramCell
     queue_wait: HistogramCell
+
+    # A slot per child annotated above, each named as its family's attribute on TrafficMetrics: the annotations are
+    # the one list of them.
+    __slots__ = ("_families", "_key", *__annotations__)
 
     def __init__(self, families: dict[str, _Family], key: tuple[str, str]) -> None:
         self._families = families
