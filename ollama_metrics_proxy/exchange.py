@@ -27,7 +27,7 @@ class Phase(enum.StrEnum):
 
 
 @pickled_by_fields
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     endpoint: str
     method: str

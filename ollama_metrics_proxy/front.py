@@ -320,6 +320,12 @@ class FrontServer:
 class FrontConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler for each in turn, keeps the connection alive."""
 
+    __slots__ = (
+        "_current", "_head_bytes", "_head_size", "_headers", "_idle_timer", "_in_head", "_last", "_loop",
+        "_parser", "_parsing", "_pending", "_reading_paused", "_refusal", "_server", "_stopped_parsing", "_url",
+        "closing", "on_writing", "remote", "transport", "writing_paused",
+    )
+
     def __init__(self, server: FrontServer) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()

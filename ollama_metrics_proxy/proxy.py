@@ -260,6 +260,8 @@ class BodySink:
 class RequestBody:
     """Streams the client's request body upstream, reading its first chunk early to learn the model."""
 
+    __slots__ = ("_exchange", "_first", "_request", "_rewritten")
+
     def __init__(self, request: Request, exchange: Exchange) -> None:
         self._request = request
         self._exchange = exchange

@@ -39,6 +39,8 @@ _APPLY: dict[Dialect, Callable[[Observation, dict[str, Any]], None]] = {
 class ErrorBodyObserver(Observer):
     """An error reply (4xx, 5xx): only its message is read, from at most ERROR_BODY_BYTES."""
 
+    __slots__ = ("_body",)
+
     def __init__(self, clock: Clock = time.perf_counter) -> None:
         super().__init__(clock)
         self._body = bytearray()
@@ -55,6 +57,8 @@ class ErrorBodyObserver(Observer):
 
 
 class JsonBodyObserver(Observer):
+    __slots__ = ("_body", "_dialect", "_max_body", "_scanner", "_size")
+
     def __init__(self, dialect: Dialect, *, max_body: int = MAX_BODY_BYTES, clock: Clock = time.perf_counter):
         super().__init__(clock)
         self._dialect = dialect

@@ -17,6 +17,8 @@ class LineBuffer:
     sends.
     """
 
+    __slots__ = ("_max_line", "_pending", "_skipping", "oversized")
+
     def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._max_line = max_line
         self._pending = bytearray()

@@ -22,6 +22,7 @@ _CONTENT_MARKERS = (b'"response":"', b'"content":"')
 
 
 class NdjsonObserver(LineObserver):
+    __slots__ = ()
     # Anything but ordinary token lines: errors, the final object, empty pieces, blank lines.
     special: tuple[bytes, ...] = (b'"error"', b'"done":true', b'"response":""', b'"content":""', b"\n\n")
 
@@ -62,6 +63,7 @@ class NdjsonObserver(LineObserver):
 
 
 class ProgressObserver(LineObserver):
+    __slots__ = ()
     """/api/pull, /api/push, /api/create: no generated content; done at ``{"status":"success"}``.
 
     Progress lines come a few per second, so each is parsed; no fast path is needed.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ollama_metrics_proxy.pickling import pickled_by_fields
 
@@ -20,7 +20,7 @@ LIFECYCLE_REASONS = frozenset({"load", "unload"})
 
 
 @pickled_by_fields
-@dataclass
+@dataclass(slots=True)
 class GapCounts:
     """A per-request histogram of inter-token gaps, merged into the shared metric once at the end.
 
@@ -44,7 +44,7 @@ class GapCounts:
 
 
 @pickled_by_fields
-@dataclass
+@dataclass(slots=True)
 class Observation:
     model: str | None = None
     complete: bool = False  # the final object arrived: done:true, [DONE], message_stop, response.completed
@@ -107,7 +107,7 @@ class Observation:
     def comparable(self) -> dict[str, object]:
         """Everything but timing, for tests that compare results across chunk splits."""
         return {
-            key: value
-            for key, value in vars(self).items()
-            if key not in ("first_content_at", "last_content_at", "gaps")
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in ("first_content_at", "last_content_at", "gaps")
         }

@@ -29,6 +29,7 @@ def _field_value(line: bytes, name_length: int) -> bytes:
 
 class SseObserver(LineObserver):
     # Lines per event in the shape Ollama writes: `data: {…}` (OpenAI) or `event: name` + `data: {…}` (typed).
+    __slots__ = ("_data", "_event")
     lines_per_event = 2
 
     def __init__(self, clock: Clock = time.perf_counter) -> None:
@@ -112,6 +113,8 @@ class OpenAiSseObserver(SseObserver):
     zero usage on every chunk and the real figures last, so the last usage seen wins.
     """
 
+    __slots__ = ()
+
     lines_per_event = 1
     special = (b"[DONE]", b'"finish_reason":"', b'"choices":[]', b'"error"', b'"content":""', b'"text":""',
                b'"reasoning":""', b'"reasoning_content":""', b"event:")
@@ -143,6 +146,8 @@ class OpenAiSseObserver(SseObserver):
 class OpenAiResponsesSseObserver(SseObserver):
     """Typed events; the stream finishes with ``response.completed`` (or ``response.incomplete``)."""
 
+    __slots__ = ()
+
     special = (b"event: response.created", b"event: response.completed", b"event: response.incomplete",
                b"event: response.failed", b"event: error")
 
@@ -173,6 +178,8 @@ class OpenAiResponsesSseObserver(SseObserver):
 
 class AnthropicSseObserver(SseObserver):
     """message_start (model, provisional usage) … content_block_delta … message_delta (usage) … message_stop."""
+
+    __slots__ = ()
 
     special = (b"event: message_start", b"event: message_delta", b"event: message_stop", b"event: error")
 
