@@ -63,11 +63,12 @@ class NdjsonObserver(LineObserver):
 
 
 class ProgressObserver(LineObserver):
-    __slots__ = ()
     """/api/pull, /api/push, /api/create: no generated content; done at ``{"status":"success"}``.
 
     Progress lines come a few per second, so each is parsed; no fast path is needed.
     """
+
+    __slots__ = ()
 
     def boundary(self, block: bytes, limit: int) -> int:
         return 0
