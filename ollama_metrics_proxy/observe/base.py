@@ -55,6 +55,7 @@ class LineObserver(Observer):
     """
 
     __slots__ = ("_compact", "_lines")
+
     special: tuple[bytes, ...] = ()
 
     def __init__(self, clock: Clock = time.perf_counter) -> None:

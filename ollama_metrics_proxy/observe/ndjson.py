@@ -23,6 +23,7 @@ _CONTENT_MARKERS = (b'"response":"', b'"content":"')
 
 class NdjsonObserver(LineObserver):
     __slots__ = ()
+
     # Anything but ordinary token lines: errors, the final object, empty pieces, blank lines.
     special: tuple[bytes, ...] = (b'"error"', b'"done":true', b'"response":""', b'"content":""', b"\n\n")
 

@@ -28,8 +28,9 @@ def _field_value(line: bytes, name_length: int) -> bytes:
 
 
 class SseObserver(LineObserver):
-    # Lines per event in the shape Ollama writes: `data: {…}` (OpenAI) or `event: name` + `data: {…}` (typed).
     __slots__ = ("_data", "_event")
+
+    # Lines per event in the shape Ollama writes: `data: {…}` (OpenAI) or `event: name` + `data: {…}` (typed).
     lines_per_event = 2
 
     def __init__(self, clock: Clock = time.perf_counter) -> None:
