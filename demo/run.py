@@ -18,9 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from demo.standin import application
+from ollama_metrics_proxy.app.logs import setup_logging
+from ollama_metrics_proxy.app.server import start
 from ollama_metrics_proxy.config import Config, HostPort
-from ollama_metrics_proxy.logs import setup_logging
-from ollama_metrics_proxy.server import start
 
 log = logging.getLogger("demo")
 CHAT = [{"role": "user", "content": "Why is the sky blue?"}]

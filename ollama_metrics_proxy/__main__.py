@@ -2,6 +2,6 @@
 
 import sys
 
-from ollama_metrics_proxy.cli import main
+from ollama_metrics_proxy.app.cli import main
 
 sys.exit(main())

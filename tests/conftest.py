@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from ollama_metrics_proxy.app.server import RunningProxy, build_registry, start
 from ollama_metrics_proxy.config import Config, HostPort
-from ollama_metrics_proxy.gpu import GpuSampler
-from ollama_metrics_proxy.server import RunningProxy, build_registry, start
-from ollama_metrics_proxy.system import HostSampler, OllamaProcessSampler
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.telemetry.gpu import GpuSampler
+from ollama_metrics_proxy.telemetry.system import HostSampler, OllamaProcessSampler
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeOllama, rec
 from tests.postgres_server import PostgresServer, binaries

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollama_metrics_proxy.server import RunningProxy, build_registry, start
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.app.server import RunningProxy, build_registry, start
+from ollama_metrics_proxy.telemetry.collectors import Samplers
 from tests.conftest import config_for
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_metrics_proxy.cli import main
+from ollama_metrics_proxy.app.cli import main
 from ollama_metrics_proxy.config import (
     DEFAULT_METRICS_PORT,
     Config,

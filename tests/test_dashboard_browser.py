@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.server import start
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.app.server import start
+from ollama_metrics_proxy.telemetry.collectors import Samplers
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import UNKNOWN_MODEL, FakeOllama
 

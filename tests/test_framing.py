@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.server import RunningProxy, start
+from ollama_metrics_proxy.app.server import RunningProxy, start
 from tests.conftest import ProxyUnderTest, config_for
 from tests.test_relay import wait_for
 from tests.test_upstream_client import Upstream, answer_every_request

@@ -10,9 +10,9 @@ from email.utils import parsedate_to_datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.front import MAX_HEAD_BYTES
-from ollama_metrics_proxy.proxy import Proxy
-from ollama_metrics_proxy.server import start
+from ollama_metrics_proxy.app.server import start
+from ollama_metrics_proxy.relay.front import MAX_HEAD_BYTES
+from ollama_metrics_proxy.relay.proxy import Proxy
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_relay import wait_for

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from ollama_metrics_proxy.app.server import StartupError, start
 from ollama_metrics_proxy.config import Config
-from ollama_metrics_proxy.gpu import GpuSampler, load_nvml
-from ollama_metrics_proxy.server import StartupError, start
-from ollama_metrics_proxy.telemetry import GpuCollector, Samplers, build_samplers
+from ollama_metrics_proxy.telemetry.collectors import GpuCollector, Samplers, build_samplers
+from ollama_metrics_proxy.telemetry.gpu import GpuSampler, load_nvml
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_nvml import LIBRARY_NOT_FOUND, FakeGpu, FakeNvml
 from tests.fake_ollama import FakeOllama

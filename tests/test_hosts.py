@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ollama_metrics_proxy.hosts import AllowedHosts, host_name
-from ollama_metrics_proxy.server import build_registry, start
+from ollama_metrics_proxy.app.server import build_registry, start
+from ollama_metrics_proxy.relay.hosts import AllowedHosts, host_name
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import FakeOllama
 from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS

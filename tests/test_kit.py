@@ -356,7 +356,7 @@ def _kit_texts() -> dict[str, str]:
 
 def test_every_error_ratio_uses_the_one_definition_of_error() -> None:
     """Rules, dashboards and README select errors with the same outcomes as /-/stats, /-/models and the page."""
-    from ollama_metrics_proxy.store import ERROR_OUTCOMES
+    from ollama_metrics_proxy.usage.store import ERROR_OUTCOMES
 
     found = 0
     for name, text in _kit_texts().items():

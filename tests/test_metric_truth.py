@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.server import build_registry, start
+from ollama_metrics_proxy.app.server import build_registry, start
 from tests.conftest import ProxyUnderTest, config_for, serve_app
 from tests.fake_ollama import BODIES, RECORDINGS, ROUTES, STREAMS, WITHOUT_USAGE, FakeOllama
 from tests.ground_truth import JSON, NDJSON, SSE, Expected, expected_for, messages_of, respace

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.ollama_state import parse_time
-from ollama_metrics_proxy.server import start
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.app.server import start
+from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.telemetry.ollama_state import parse_time
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import FakeOllama, rec
 
@@ -141,7 +141,7 @@ async def test_stop_returns_when_a_poll_turns_the_cancellation_into_a_timeout(
 ) -> None:
     """aiohttp raises TimeoutError instead of CancelledError when the cancellation meets its own timeout; the
     poller must stop all the same (it once went on polling, and the proxy's shutdown waited forever)."""
-    from ollama_metrics_proxy.ollama_state import OllamaStatePoller
+    from ollama_metrics_proxy.telemetry.ollama_state import OllamaStatePoller
 
     polls = 0
 

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from ollama_metrics_proxy.otel import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
-from ollama_metrics_proxy.server import build_registry, start
+from ollama_metrics_proxy.app.server import build_registry, start
+from ollama_metrics_proxy.metrics.otel import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
 from tests.conftest import ProxyUnderTest, config_for, serve_app
 from tests.fake_ollama import FakeOllama
 from tests.test_relay import wait_for
@@ -139,7 +139,7 @@ async def test_off_by_default_imports_nothing(fake: FakeOllama) -> None:
 def test_the_push_target_carries_no_credentials_in_its_url(
     endpoint: str, given: dict[str, str], url: str, authorization: str | None,
 ) -> None:
-    from ollama_metrics_proxy.otel import metrics_target
+    from ollama_metrics_proxy.metrics.otel import metrics_target
 
     got_url, headers = metrics_target(endpoint, given)
     assert got_url == url and "secret" not in got_url and "cret" not in got_url

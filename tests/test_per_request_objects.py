@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from ollama_metrics_proxy.exchange import Exchange
-from ollama_metrics_proxy.front import FrontConnection, IncomingBody, Request
 from ollama_metrics_proxy.observe import GapCounts, Observation, Observer
+from ollama_metrics_proxy.observe.exchange import Exchange
 from ollama_metrics_proxy.observe.lines import LineBuffer
-from ollama_metrics_proxy.proxy import BodySink, RequestBody
+from ollama_metrics_proxy.relay.front import FrontConnection
+from ollama_metrics_proxy.relay.proxy import BodySink, RequestBody
+from ollama_metrics_proxy.relay.request import IncomingBody, Request
 from ollama_metrics_proxy.upstream.client import UpstreamResponse
 from ollama_metrics_proxy.upstream.connection import Connection
 from ollama_metrics_proxy.upstream.http1 import ResponseHead, ResponseParser

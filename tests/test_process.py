@@ -333,7 +333,7 @@ async def test_a_connection_flood_under_1024_open_files_leaves_the_proxy_serving
 def test_the_open_file_limit_is_raised_to_the_hard_limit_and_said(tmp_path: Path) -> None:
     """Started with the common soft limit of 1024 under a hard limit of 4096, the proxy runs with 4096 and
     says so; the hard limit is left as it was."""
-    script = ("import resource; from ollama_metrics_proxy.listener import raise_open_file_limit; "
+    script = ("import resource; from ollama_metrics_proxy.relay.listener import raise_open_file_limit; "
               "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
                             env=_clean_env(tmp_path), cwd=Path(__file__).parent.parent, check=False,

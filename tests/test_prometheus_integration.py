@@ -209,7 +209,7 @@ async def test_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_
     basic_auth scrapes; the same target with a wrong password is down with a 401."""
     import bcrypt
 
-    from ollama_metrics_proxy.server import build_registry, start
+    from ollama_metrics_proxy.app.server import build_registry, start
     from tests.conftest import config_for
 
     cert, key = self_signed

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from ollama_metrics_proxy.server import build_registry, start
-from ollama_metrics_proxy.system import OllamaProcessSampler
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.app.server import build_registry, start
+from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.telemetry.system import OllamaProcessSampler
 from tests.conftest import ProxyUnderTest, config_for
 from tests.queuing_ollama import QueuingOllama
 from tests.test_relay import wait_for

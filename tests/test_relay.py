@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from ollama_metrics_proxy.app.server import start
 from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
-from ollama_metrics_proxy.server import start
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import JSON, NOT_FOUND, ROUTES, UNKNOWN_MODEL, FakeOllama, Recording, rec
 

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.request_log import RequestLog
-from ollama_metrics_proxy.server import start
-from ollama_metrics_proxy.store import SqliteStore, UsageRecord, open_store
-from ollama_metrics_proxy.telemetry import Samplers
+from ollama_metrics_proxy.app.server import start
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.usage.request_log import RequestLog
+from ollama_metrics_proxy.usage.store import SqliteStore, UsageRecord, open_store
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import ROUTES, UNKNOWN_MODEL, FakeOllama, rec
 

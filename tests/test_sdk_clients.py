@@ -13,8 +13,8 @@ import anthropic
 import openai
 import pytest
 
-from ollama_metrics_proxy.openai_usage import UsageStripper
-from ollama_metrics_proxy.server import build_registry, start
+from ollama_metrics_proxy.app.server import build_registry, start
+from ollama_metrics_proxy.relay.openai_usage import UsageStripper
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import ROUTES, WITHOUT_USAGE, FakeOllama, rec
 from tests.ground_truth import SSE, expected_for

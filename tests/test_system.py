@@ -14,8 +14,8 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.system import HostSampler, OllamaProcessSampler
-from ollama_metrics_proxy.telemetry import HostCollector, OllamaProcessCollector, SourceHealthCollector
+from ollama_metrics_proxy.telemetry.collectors import HostCollector, OllamaProcessCollector, SourceHealthCollector
+from ollama_metrics_proxy.telemetry.system import HostSampler, OllamaProcessSampler
 
 # Burns a little CPU, starts a child (like a runner), then waits to be killed.
 BUSY_SERVER = (

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ollama_metrics_proxy.server import start
+from ollama_metrics_proxy.app.server import start
 from ollama_metrics_proxy.upstream import (
     BodyFailed,
     ConnectFailed,

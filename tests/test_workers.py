@@ -22,13 +22,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.labels import ModelLabels
-from ollama_metrics_proxy.metrics import TrafficMetrics
+from ollama_metrics_proxy.app.server import StartupError, start
+from ollama_metrics_proxy.metrics.families import TrafficMetrics
+from ollama_metrics_proxy.metrics.labels import ModelLabels
+from ollama_metrics_proxy.metrics.recorder import Recorder
 from ollama_metrics_proxy.observe import Observation
-from ollama_metrics_proxy.recorder import Recorder
-from ollama_metrics_proxy.server import StartupError, start
-from ollama_metrics_proxy.workers import FRAME, WorkerLink, frame, restart_delay
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.relay.workers import FRAME, WorkerLink, frame, restart_delay
 from tests.conftest import config_for
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_process import ProxyProcess
@@ -70,7 +70,8 @@ async def settles(url: str, name: str, expected: float, **labels: str) -> None:
 
 
 def relay_workers(primary: psutil.Process) -> list[psutil.Process]:
-    return [child for child in primary.children() if "ollama_metrics_proxy.relay_worker" in " ".join(child.cmdline())]
+    return [child for child in primary.children()
+            if "ollama_metrics_proxy.app.relay_worker" in " ".join(child.cmdline())]
 
 
 def client_connections(process: psutil.Process, port: int) -> int:

@@ -1,4 +1,14 @@
-"""Incremental observers of response bodies: pick one with ``observer_for``."""
+"""Observing: incremental parsers that read Ollama's replies as they stream by, and the record of one exchange.
+
+- ``base`` is the observer interface (``feed(chunk)`` per relayed chunk, ``close()`` once) the others extend;
+- ``observer_for`` picks an observer by the response's Content-Type and the endpoint's dialect: ``ndjson``
+  (native streams and pull progress), ``sse`` (OpenAI and Anthropic), ``json_body`` (whole JSON replies);
+- ``lines`` and ``toplevel`` split bytes into lines and top-level JSON fields without assuming chunk boundaries;
+- ``extract`` reads tokens, timings and reasons out of one parsed object, per dialect;
+- ``observation`` is what an observer learned; ``exchange`` is one request as the proxy saw it, and its outcome.
+
+May import: the top-level helpers (``endpoints``, ``pickling``) only. Every layer above reads it.
+"""
 
 from __future__ import annotations
 

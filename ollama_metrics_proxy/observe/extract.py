@@ -17,6 +17,13 @@ NANOSECONDS = 1e9
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 
 
+def normalize_model(name: str) -> str:
+    """``llama3.2`` and ``llama3.2:latest`` are the same model to Ollama, so they share one label value."""
+    name = name.strip()
+    last_segment = name.rsplit("/", 1)[-1]
+    return name if ":" in last_segment else f"{name}:latest"
+
+
 def find_model(data: bytes | bytearray) -> str | None:
     """The first ``"model":"…"`` string value in raw JSON bytes, without parsing the whole document.
 

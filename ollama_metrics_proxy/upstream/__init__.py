@@ -1,5 +1,8 @@
-"""The relay's connection to the upstream Ollama: a lean HTTP/1.1 client (``client``: the pool and requests;
-``connection``: one connection; ``http1``: the wire format; ``errors``: how it fails)."""
+"""The connection to the upstream Ollama: a lean HTTP/1.1 client (``client``: the pool and requests;
+``connection``: one connection; ``http1``: the wire format; ``errors``: how it fails).
+
+May import: the top-level helpers (``headers``, ``redact``) only. The relay and the Ollama state poller use it.
+"""
 
 from ollama_metrics_proxy.upstream.client import UpstreamClient, UpstreamResponse
 from ollama_metrics_proxy.upstream.errors import (

@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ollama_metrics_proxy.config import Config
-from ollama_metrics_proxy.gpu import CLOCK_EVENT_REASONS, GpuReading, GpuSampler
-from ollama_metrics_proxy.ollama_state import OllamaStatePoller
-from ollama_metrics_proxy.sources import SourceHealth, ThreadedSampler
-from ollama_metrics_proxy.system import HostReading, HostSampler, OllamaProcessSampler, process_name
+from ollama_metrics_proxy.telemetry.gpu import CLOCK_EVENT_REASONS, GpuReading, GpuSampler
+from ollama_metrics_proxy.telemetry.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.telemetry.sources import SourceHealth, ThreadedSampler
+from ollama_metrics_proxy.telemetry.system import HostReading, HostSampler, OllamaProcessSampler, process_name
 
 GPU_LABELS = ("gpu", "uuid")
 

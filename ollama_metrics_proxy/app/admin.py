@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from ollama_metrics_proxy import __version__
-from ollama_metrics_proxy.analytics import Analytics, add_routes
-from ollama_metrics_proxy.ollama_state import OllamaStatePoller
-from ollama_metrics_proxy.sources import SourceHealth
-from ollama_metrics_proxy.telemetry import Samplers
-from ollama_metrics_proxy.webconfig import WebConfig
+from ollama_metrics_proxy.config.webconfig import WebConfig
+from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.telemetry.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.telemetry.sources import SourceHealth
+from ollama_metrics_proxy.usage.analytics import Analytics, add_routes
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 POLLER_KEY = web.AppKey("poller", OllamaStatePoller)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from ollama_metrics_proxy.sources import SourceUnavailable, ThreadedSampler
+from ollama_metrics_proxy.telemetry.sources import SourceUnavailable, ThreadedSampler
 
 SERVER_NAMES = frozenset({"ollama", "ollama.exe"})
 RUNNER_NAMES = frozenset({"ollama_llama_server", "llama-server", "ollama-runner"})

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollama_metrics_proxy.redact import redact_url
-from ollama_metrics_proxy.sources import SourceHealth
+from ollama_metrics_proxy.telemetry.sources import SourceHealth
 from ollama_metrics_proxy.upstream.errors import describe_os_error
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ollama_metrics_proxy.exchange import Exchange, Outcome
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
 
 # https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-metrics/ (recommended explicit bucket boundaries)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
@@ -119,16 +119,3 @@ class GenAiMetrics:
     def shutdown(self) -> None:
         """Push what is recorded and stop (the SDK's own timeouts bound it)."""
         self._provider.shutdown(timeout_millis=2000)
-
-
-def parse_headers(text: str) -> dict[str, str]:
-    """``name=value,name2=value2``, as OTEL_EXPORTER_OTLP_HEADERS."""
-    headers = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        name, equals, value = item.partition("=")
-        if not equals or not name.strip():
-            raise ValueError(f"headers are name=value pairs separated by commas, got {item.strip()!r}")
-        headers[name.strip()] = value.strip()
-    return headers

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.labels import ModelLabels, finish_reason_label
-from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.metrics import ModelSeries, TrafficMetrics
+from ollama_metrics_proxy.metrics.families import ModelSeries, TrafficMetrics
+from ollama_metrics_proxy.metrics.labels import ModelLabels, finish_reason_label
+from ollama_metrics_proxy.metrics.otel import GenAiMetrics
 from ollama_metrics_proxy.observe import Observation
-from ollama_metrics_proxy.otel import GenAiMetrics
-from ollama_metrics_proxy.request_log import RequestLog
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.usage.live_stats import LiveStats
+from ollama_metrics_proxy.usage.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
 

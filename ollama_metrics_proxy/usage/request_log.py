@@ -17,11 +17,11 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ollama_metrics_proxy.content import prompt_text, response_text
 from ollama_metrics_proxy.endpoints import is_inference
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.labels import normalize_model
-from ollama_metrics_proxy.store import Store, StoreError, UsageRecord
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.observe.extract import normalize_model
+from ollama_metrics_proxy.usage.content import prompt_text, response_text
+from ollama_metrics_proxy.usage.store import Store, StoreError, UsageRecord
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000

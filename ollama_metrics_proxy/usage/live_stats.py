@@ -9,8 +9,8 @@ from statistics import quantiles
 from typing import Any
 
 from ollama_metrics_proxy.endpoints import is_inference
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.store import CLIENT_ERROR_OUTCOMES, ERROR_OUTCOMES
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.usage.store import CLIENT_ERROR_OUTCOMES, ERROR_OUTCOMES
 
 RECENT_DURATIONS = 10_000  # percentiles are over the most recent requests, so memory stays bounded
 

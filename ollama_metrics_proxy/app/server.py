@@ -17,34 +17,40 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from ollama_metrics_proxy import __version__
-from ollama_metrics_proxy.admin import build_metrics_app
-from ollama_metrics_proxy.analytics import Analytics
-from ollama_metrics_proxy.api_port import CANCEL_WAIT_SECONDS, ApiPort, api_connection_limit, api_guard, open_api_port
-from ollama_metrics_proxy.api_port import StartupError as StartupError  # raised by start(), caught by the CLI
+from ollama_metrics_proxy.app.admin import build_metrics_app
+from ollama_metrics_proxy.app.eventloop import run_event_loop, tune_garbage_collector
 from ollama_metrics_proxy.config import Config, HostPort
-from ollama_metrics_proxy.eventloop import run_event_loop, tune_garbage_collector
-from ollama_metrics_proxy.hosts import AllowedHosts, remembered
-from ollama_metrics_proxy.labels import ModelLabels
-from ollama_metrics_proxy.listener import (
+from ollama_metrics_proxy.config.webconfig import load_web_config
+from ollama_metrics_proxy.metrics.families import TrafficMetrics
+from ollama_metrics_proxy.metrics.labels import ModelLabels
+from ollama_metrics_proxy.metrics.otel import GenAiMetrics, MissingPackage
+from ollama_metrics_proxy.metrics.recorder import Recorder
+from ollama_metrics_proxy.redact import redact_url
+from ollama_metrics_proxy.relay.api_port import (
+    CANCEL_WAIT_SECONDS,
+    ApiPort,
+    api_connection_limit,
+    api_guard,
+    open_api_port,
+)
+from ollama_metrics_proxy.relay.api_port import StartupError as StartupError  # raised by start(), caught by the CLI
+from ollama_metrics_proxy.relay.hosts import AllowedHosts, remembered
+from ollama_metrics_proxy.relay.listener import (
     METRICS_MAX_CONNECTIONS,
     ConnectionGuard,
     GuardedSite,
     raise_open_file_limit,
     refusal_response,
 )
-from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.metrics import TrafficMetrics
-from ollama_metrics_proxy.ollama_state import OllamaStatePoller
-from ollama_metrics_proxy.otel import GenAiMetrics, MissingPackage
-from ollama_metrics_proxy.recorder import Recorder
-from ollama_metrics_proxy.redact import redact_url
-from ollama_metrics_proxy.request_log import RequestLog
-from ollama_metrics_proxy.sources import SourceUnavailable
-from ollama_metrics_proxy.store import StoreError, open_store
-from ollama_metrics_proxy.telemetry import QueueCollector, Samplers, build_samplers, register_telemetry
+from ollama_metrics_proxy.relay.workers import WorkerPool
+from ollama_metrics_proxy.telemetry.collectors import QueueCollector, Samplers, build_samplers, register_telemetry
+from ollama_metrics_proxy.telemetry.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.telemetry.sources import SourceUnavailable
 from ollama_metrics_proxy.upstream import UpstreamClient
-from ollama_metrics_proxy.webconfig import load_web_config
-from ollama_metrics_proxy.workers import WorkerPool
+from ollama_metrics_proxy.usage.analytics import Analytics
+from ollama_metrics_proxy.usage.live_stats import LiveStats
+from ollama_metrics_proxy.usage.request_log import RequestLog
+from ollama_metrics_proxy.usage.store import StoreError, open_store
 
 log = logging.getLogger(__name__)
 # After the grace, what is left of shutting down: cancelled handlers record their requests, idle connections close,

@@ -1,6 +1,6 @@
 """One relay worker of ``--workers N`` (see ``workers``): the API port on a shared address, reporting each request
 to the primary process instead of recording it. Started by the primary as
-``python -m ollama_metrics_proxy.relay_worker NUMBER CHANNEL_FD``, with ``(config, port)`` pickled on stdin.
+``python -m ollama_metrics_proxy.app.relay_worker NUMBER CHANNEL_FD``, with ``(config, port)`` pickled on stdin.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import socket
 import sys
 from typing import Any, Final
 
-from ollama_metrics_proxy.api_port import StartupError, api_guard, open_api_port
+from ollama_metrics_proxy.app.eventloop import run_event_loop, tune_garbage_collector
+from ollama_metrics_proxy.app.logs import setup_logging
 from ollama_metrics_proxy.config import Config, HostPort
-from ollama_metrics_proxy.eventloop import run_event_loop, tune_garbage_collector
-from ollama_metrics_proxy.exchange import Exchange
-from ollama_metrics_proxy.listener import ConnectionGuard, raise_open_file_limit
-from ollama_metrics_proxy.logs import setup_logging
+from ollama_metrics_proxy.observe.exchange import Exchange
+from ollama_metrics_proxy.relay.api_port import StartupError, api_guard, open_api_port
+from ollama_metrics_proxy.relay.listener import ConnectionGuard, raise_open_file_limit
+from ollama_metrics_proxy.relay.workers import frame
 from ollama_metrics_proxy.upstream import UpstreamClient
-from ollama_metrics_proxy.workers import frame
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
 CONNECTIONS_REPORT_SECONDS: Final = 1.0

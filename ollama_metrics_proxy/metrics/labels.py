@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from ollama_metrics_proxy.observe.extract import normalize_model
+
 OTHER = "other"
 NO_MODEL = "none"  # requests that name no model (/api/tags, /api/version, ...)
 # Real model names are short (`hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M` is 48 characters); a longer one
@@ -18,13 +20,6 @@ FINISH_REASONS = frozenset({
     "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",  # Anthropic stop_reason
     "max_output_tokens", "incomplete",  # OpenAI Responses incomplete_details.reason
 })
-
-
-def normalize_model(name: str) -> str:
-    """``llama3.2`` and ``llama3.2:latest`` are the same model to Ollama, so they share one label value."""
-    name = name.strip()
-    last_segment = name.rsplit("/", 1)[-1]
-    return name if ":" in last_segment else f"{name}:latest"
 
 
 def finish_reason_label(reason: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from ollama_metrics_proxy.sources import SourceUnavailable, ThreadedSampler
+from ollama_metrics_proxy.telemetry.sources import SourceUnavailable, ThreadedSampler
 
 log = logging.getLogger(__name__)
 

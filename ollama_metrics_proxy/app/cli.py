@@ -6,9 +6,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from ollama_metrics_proxy import __version__
+from ollama_metrics_proxy.app.logs import setup_logging
+from ollama_metrics_proxy.app.server import StartupError, probe_listen, run
 from ollama_metrics_proxy.config import build_arg_parser, environment, load_config
-from ollama_metrics_proxy.logs import setup_logging
-from ollama_metrics_proxy.server import StartupError, probe_listen, run
 
 PROG = "ollama-metrics-proxy"
 EXIT_CONFIG = 2

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from ollama_metrics_proxy.config import Config, HostPort, default_data_dir
-from ollama_metrics_proxy.front import FrontServer
-from ollama_metrics_proxy.hosts import AllowedHosts, is_loopback, remembered
-from ollama_metrics_proxy.identity import ClientIdentity, load_key
-from ollama_metrics_proxy.listener import ConnectionGuard, default_max_connections, refusal_response
-from ollama_metrics_proxy.proxy import Proxy
-from ollama_metrics_proxy.recorder import RequestRecorder
+from ollama_metrics_proxy.metrics.recorder import RequestRecorder
+from ollama_metrics_proxy.relay.front import FrontServer
+from ollama_metrics_proxy.relay.hosts import AllowedHosts, is_loopback, remembered
+from ollama_metrics_proxy.relay.listener import ConnectionGuard, default_max_connections, refusal_response
+from ollama_metrics_proxy.relay.proxy import Proxy
 from ollama_metrics_proxy.upstream import UpstreamClient
+from ollama_metrics_proxy.usage.identity import ClientIdentity, load_key
 
 # After the grace of a stop, how long cancelled handlers get to record their requests.
 CANCEL_WAIT_SECONDS: Final = 0.5

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ollama_metrics_proxy.api_port import StartupError
 from ollama_metrics_proxy.config import ENV_PREFIX, Config, HostPort
-from ollama_metrics_proxy.exchange import Exchange, Outcome
-from ollama_metrics_proxy.recorder import Recorder
+from ollama_metrics_proxy.metrics.recorder import Recorder
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.relay.api_port import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ START_TIMEOUT_SECONDS: Final = 30.0
 RESTART_DELAY_SECONDS: Final = 1.0
 MAX_RESTART_DELAY_SECONDS: Final = 30.0
 STABLE_AFTER_SECONDS: Final = 30.0
-PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
+# The folder that holds the package, so a worker started from a source checkout imports this same code.
+PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
 
 def frame(reports: list[tuple[Any, ...]]) -> bytes:
@@ -234,7 +235,7 @@ class WorkerPool:
             environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
             environment["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ollama_metrics_proxy.relay_worker", str(number), str(theirs.fileno()),
+                sys.executable, "-m", "ollama_metrics_proxy.app.relay_worker", str(number), str(theirs.fileno()),
                 stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),), env=environment)
         finally:
             theirs.close()

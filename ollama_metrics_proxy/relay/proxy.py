@@ -16,16 +16,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
-from ollama_metrics_proxy.content import CAPTURE_BYTES
 from ollama_metrics_proxy.endpoints import BLOBS, classify
-from ollama_metrics_proxy.exchange import Exchange, Outcome, client_left, outcome_for_response
-from ollama_metrics_proxy.front import Request, json_body
-from ollama_metrics_proxy.identity import ClientIdentity
+from ollama_metrics_proxy.metrics.recorder import RequestRecorder
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
+from ollama_metrics_proxy.observe.exchange import Exchange, Outcome, client_left, outcome_for_response
 from ollama_metrics_proxy.observe.extract import find_model
-from ollama_metrics_proxy.openai_usage import INJECT_ENDPOINTS, MAX_REWRITTEN_BODY, UsageStripper, with_include_usage
-from ollama_metrics_proxy.recorder import RequestRecorder
+from ollama_metrics_proxy.relay.openai_usage import (
+    INJECT_ENDPOINTS,
+    MAX_REWRITTEN_BODY,
+    UsageStripper,
+    with_include_usage,
+)
+from ollama_metrics_proxy.relay.request import Request, json_body
 from ollama_metrics_proxy.upstream import (
     BodyFailed,
     ConnectFailed,
@@ -34,6 +37,8 @@ from ollama_metrics_proxy.upstream import (
     UpstreamError,
     UpstreamResponse,
 )
+from ollama_metrics_proxy.usage.content import CAPTURE_BYTES
+from ollama_metrics_proxy.usage.identity import ClientIdentity
 
 log = logging.getLogger(__name__)
 

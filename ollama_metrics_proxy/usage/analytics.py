@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from ollama_metrics_proxy.exchange import Outcome
-from ollama_metrics_proxy.live_stats import LiveStats
-from ollama_metrics_proxy.request_log import RequestLog
-from ollama_metrics_proxy.store import StoreError
+from ollama_metrics_proxy.observe.exchange import Outcome
+from ollama_metrics_proxy.usage.live_stats import LiveStats
+from ollama_metrics_proxy.usage.request_log import RequestLog
+from ollama_metrics_proxy.usage.store import StoreError
 
 MAX_LIMIT = 1000
 DEFAULT_GROUP_LIMIT = 100  # /-/models and /-/clients: the top 100 by requests, a cursor for the rest
