@@ -14,10 +14,16 @@ import aiohttp
 ROOT = Path(__file__).parent.parent
 
 
+def ctrl_c_stops() -> None:
+    """A shell without job control starts background commands with SIGINT ignored, and children inherit that
+    (make test run with `&`): give the demo Ctrl-C as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_the_demo_fills_the_dashboard_and_metrics_within_seconds() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "demo.run", "--port", "0", "--metrics-port", "0", "--seconds", "60", cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=ctrl_c_stops)
     assert process.stdout is not None and process.stderr is not None
     try:
         printed = b""
@@ -47,5 +53,10 @@ async def test_the_demo_fills_the_dashboard_and_metrics_within_seconds() -> None
         assert re.search(r'ollama_generation_tokens_total\{[^}]*\} [1-9]', text)
     finally:
         process.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+        except TimeoutError:
+            process.kill()  # reaped here, not left to a later test's event loop
+            await process.communicate()
+            raise
     assert b"Traceback" not in stderr, stderr.decode()[-2000:]
