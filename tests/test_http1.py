@@ -80,6 +80,29 @@ def test_bodiless_responses_complete_with_the_head(wire: bytes, head_request: bo
     assert parser.complete and body == b"" and parser.keep_alive
 
 
+GO_HEAD_REPLY = (b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 b"Date: Thu, 03 Dec 2026 20:00:00 GMT\r\n\r\n")  # Go's answer to the CLI's `HEAD /`
+
+
+def test_a_reply_to_head_ends_at_its_head_while_the_caller_handles_an_exception() -> None:
+    """The program ran its event loop inside `except ImportError` (no uvloop): every exception raised meanwhile
+    took that one as its context, and the stop at a HEAD reply's head read as a malformed response."""
+    try:
+        raise ImportError("uvloop")
+    except ImportError:
+        parser, body = parse([GO_HEAD_REPLY, GO_HEAD_REPLY], head_request=True)
+    assert parser.complete and body == b"" and parser.extra_bytes
+    assert parser.head is not None and parser.head.get("content-length") == "17"
+
+
+def test_a_malformed_head_is_named_while_the_caller_handles_an_exception() -> None:
+    try:
+        raise ImportError("uvloop")
+    except ImportError:
+        with pytest.raises(MalformedResponse, match="transfer coding 'gzip'"):
+            parse([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"])
+
+
 def test_interim_responses_are_skipped() -> None:
     parser, body = parse([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
                           length_wire(b"ok")])

@@ -79,6 +79,12 @@ class _Stop(Exception):
     """Raised inside a parser callback to stop llhttp where this response ends (HEAD, bytes after it)."""
 
 
+# Why a callback's own exception is kept on the parser rather than read back from the HttpParserCallbackError
+# that llhttp's failure becomes: httptools chains it as ``__context__``, but a ``raise`` overwrites that with
+# whatever exception the caller is handling, and on asyncio's own event loop a HEAD reply's stop then read as a
+# malformed response (the `ollama` CLI's heartbeat got an empty reply).
+
+
 class ResponseParser:
     """Parses one response (after any interim 1xx ones) from the bytes of one connection. llhttp does the
     framing and chunked decoding in C; this class adds what a relay needs on top: the head as a value, the rules
@@ -87,6 +93,7 @@ class ResponseParser:
 
     __slots__ = (
         "_body_seen",
+        "_callback_error",
         "_head_bytes",
         "_head_only",
         "_headers",
@@ -118,6 +125,7 @@ class ResponseParser:
         self._status_seen = False
         self._head_bytes = 0
         self._body_seen = 0
+        self._callback_error: Exception | None = None  # what a callback raised: _Stop or MalformedResponse
         self.framing = NO_BODY
         self.head: ResponseHead | None = None
         self.complete = False
@@ -134,7 +142,7 @@ class ResponseParser:
         try:
             self._llhttp.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
+            cause, self._callback_error = self._callback_error, None
             if not isinstance(cause, _Stop):
                 self._fail(cause if isinstance(cause, MalformedResponse) else exc, data)
         except httptools.HttpParserError as exc:
@@ -172,7 +180,7 @@ class ResponseParser:
     def on_message_begin(self) -> None:
         if self.complete:  # the next response on this connection already: not this parser's to read
             self.extra_bytes = True
-            raise _Stop
+            raise self._raised(_Stop())
         self._headers, self._reason, self._status_seen = [], b"", False
 
     def on_status(self, reason: bytes) -> None:
@@ -184,6 +192,12 @@ class ResponseParser:
             self._headers.append((name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        try:
+            self._head_complete()
+        except (_Stop, MalformedResponse) as exc:
+            raise self._raised(exc) from None
+
+    def _head_complete(self) -> None:
         self._status_seen = True
         status, version = self._llhttp.get_status_code(), self._llhttp.get_http_version()
         if (version not in ("1.1", "1.0") or not 100 <= status <= 599
@@ -202,6 +216,10 @@ class ResponseParser:
             self.complete = True
 
     # ---------------------------------------------------------------- internals
+
+    def _raised(self, exc: Exception) -> Exception:
+        self._callback_error = exc
+        return exc
 
     def _let_go_of_llhttp(self) -> None:
         """The response is read: drop llhttp. It holds this parser's callbacks while this parser holds it, a
