@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 GC_YOUNG_THRESHOLD = 10_000  # CPython's default is 700 allocations
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` to its end, on uvloop when it is installed (a faster event loop for the relay)."""
+def run_event_loop(main: Coroutine[Any, Any, None], choice: str = "auto") -> None:
+    """Run ``main`` to its end on the loop ``--event-loop`` chose: ``auto`` is uvloop when it is installed (a
+    faster event loop for the relay), else asyncio's own."""
+    loop_factory = None if choice == "asyncio" else uvloop_factory()
+    # Run outside any ``except`` block: an exception being handled there would become the context of every
+    # exception raised while the program runs.
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when uvloop is installed, else None (asyncio's own loop)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def tune_garbage_collector() -> None:

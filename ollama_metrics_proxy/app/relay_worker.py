@@ -173,7 +173,7 @@ def main() -> int:
         async def serve() -> None:
             nonlocal status
             status = await serve_worker(config, port, channel)
-        run_event_loop(serve())
+        run_event_loop(serve(), config.event_loop)
     return status
 
 

@@ -295,4 +295,4 @@ async def serve_forever(config: Config) -> None:
 
 def run(config: Config) -> None:
     """Run until SIGINT/SIGTERM."""
-    run_event_loop(serve_forever(config))
+    run_event_loop(serve_forever(config), config.event_loop)

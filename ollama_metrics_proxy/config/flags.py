@@ -29,6 +29,7 @@ from ollama_metrics_proxy.config.settings import (
 from ollama_metrics_proxy.config.values import (
     choice,
     parse_connection_limit,
+    parse_event_loop,
     parse_header_name,
     parse_host_list,
     parse_listen,
@@ -76,6 +77,8 @@ OPTIONS: tuple[Option, ...] = (
            "distinct model label values before new models are reported as 'other'"),
     Option("ollama_poll_interval", "--ollama-poll-interval", parse_positive_float, "15",
            "seconds between polls of the upstream's /api/version, /api/ps and /api/tags"),
+    Option("event_loop", "--event-loop", parse_event_loop, "auto",
+           "auto (uvloop when installed, the faster loop), asyncio (Python's own) or uvloop"),
     Option("log_level", "--log-level", choice(LOG_LEVELS), "info", "debug logs one line per request"),
     Option("log_format", "--log-format", choice(LOG_FORMATS), "text", "text or json (one object per line)"),
     Option("gpu", "--gpu", choice(GPU_MODES), "auto",
@@ -157,7 +160,7 @@ METAVARS = {
     "allowed_hosts": "NAMES", "shutdown_grace": "SECONDS", "max_connections": "N", "idle_timeout": "SECONDS",
     "workers": "N",
     "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
-    "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS",
+    "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS", "event_loop": "LOOP",
 }
 SHOWN_DEFAULTS = {
     "ollama_pid": "found by name",

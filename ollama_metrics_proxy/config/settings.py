@@ -24,6 +24,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 GPU_MODES = ("off", "auto", "on")
 OPENAI_USAGE_MODES = ("off", "inject")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,7 @@ class Config:
     otlp_endpoint: str | None = None
     otlp_interval: float = 60.0
     otlp_headers: tuple[tuple[str, str], ...] = ()
+    event_loop: str = "auto"  # auto: uvloop when installed
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line and --check-config: switches as on/off."""
@@ -117,6 +119,7 @@ class Config:
             "otlp_endpoint": redact_url(self.otlp_endpoint) if self.otlp_endpoint else "off",
             "otlp_interval": self.otlp_interval,
             "otlp_headers": ",".join(f"{name}=***" for name, _ in self.otlp_headers) or "none",
+            "event_loop": self.event_loop,
         }
 
 

@@ -4,6 +4,7 @@ that is shown to the user as is (after the flag or variable it came from).
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from ollama_metrics_proxy.config.settings import (
     DEFAULT_LISTEN,
     DEFAULT_METRICS_LISTEN,
+    EVENT_LOOPS,
     MAX_WORKERS,
     OLLAMA_DEFAULT_PORT,
     ConfigError,
@@ -276,6 +278,13 @@ def parse_secret(text: str) -> str | None:
     if value and len(value) < 16:
         raise ConfigError("must be at least 16 characters (use a random token, e.g. `openssl rand -hex 24`)")
     return value or None
+
+
+def parse_event_loop(text: str) -> str:
+    value = choice(EVENT_LOOPS)(text)
+    if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("uvloop is not installed (pip install 'ollama-metrics-proxy[fast]'), or use auto")
+    return value
 
 
 def choice(options: Sequence[str]) -> Callable[[str], str]:
