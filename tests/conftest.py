@@ -6,12 +6,13 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop  # `make test` installs the fast extra too: the relay's tests run on both loops
 from aiohttp import web
 
 from ollama_metrics_proxy.app.server import RunningProxy, build_registry, start
@@ -22,6 +23,18 @@ from ollama_metrics_proxy.telemetry.system import HostSampler, OllamaProcessSamp
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeOllama, rec
 from tests.postgres_server import PostgresServer, binaries
+
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,  # what a plain `pip install` or `pipx install` gets
+    "uvloop": uvloop.new_event_loop,  # what `make run`, the image and the `fast` extra get
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item,
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """Tests marked ``both_loops`` (the relay's) run once on each event loop; the rest on asyncio's own."""
+    return EVENT_LOOPS if item.get_closest_marker("both_loops") else None
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:

@@ -21,6 +21,8 @@ from tests.conftest import ProxyUnderTest, config_for
 from tests.test_relay import wait_for
 from tests.test_upstream_client import Upstream, answer_every_request
 
+pytestmark = pytest.mark.both_loops  # the relay behaves the same on asyncio's loop and uvloop
+
 BODY = b'{"model":"llama3.2","response":"hello world","done":true}'
 
 

@@ -17,6 +17,8 @@ from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import FakeOllama, rec
 from tests.test_relay import wait_for
 
+pytestmark = pytest.mark.both_loops  # the relay behaves the same on asyncio's loop and uvloop
+
 GENERATE = b'{"model":"llama3.2","prompt":"Why is the sky blue?"}'
 TAGS_AND_CLOSE = b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 

@@ -20,6 +20,8 @@ from ollama_metrics_proxy.observe.ndjson import NdjsonObserver
 from tests.conftest import ProxyUnderTest, config_for
 from tests.fake_ollama import JSON, NOT_FOUND, ROUTES, UNKNOWN_MODEL, FakeOllama, Recording, rec
 
+pytestmark = pytest.mark.both_loops  # the relay behaves the same on asyncio's loop and uvloop
+
 # Headers each server sets for itself, or that legitimately differ hop by hop.
 PER_HOP = {"date", "server", "connection", "keep-alive", "transfer-encoding", "x-accel-buffering"}
 CASES = [(path, streamed) for path, streamed in ROUTES]

@@ -25,6 +25,8 @@ from ollama_metrics_proxy.upstream import client as upstream_client
 from tests.conftest import ProxyUnderTest, config_for
 from tests.test_relay import wait_for
 
+pytestmark = pytest.mark.both_loops  # the relay behaves the same on asyncio's loop and uvloop
+
 Script = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
