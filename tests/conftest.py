@@ -32,9 +32,11 @@ EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item,
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests marked ``both_loops`` (the relay's) run once on each event loop; the rest on asyncio's own."""
-    return EVENT_LOOPS if item.get_closest_marker("both_loops") else None
+    if item.get_closest_marker("both_loops"):
+        return EVENT_LOOPS
+    return {"asyncio": EVENT_LOOPS["asyncio"]}
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:

@@ -145,7 +145,7 @@ def expected_deltas(expected: Expected, outcome: str, streaming: bool) -> dict[s
 
 
 def outcome_of(expected: Expected, ending: str) -> str:
-    if ending == "leave_early":
+    if ending == "leave_early" and not expected.error:
         return "aborted"
     if ending == "die" or expected.error or not expected.complete:
         return "upstream_error"
@@ -180,8 +180,8 @@ async def play(upstream: ScriptedUpstream, proxy: ProxyUnderTest, endpoint: str,
 
 
 def endings(messages: list[bytes], endpoint: str, kind: str) -> list[tuple[str, int]]:
-    """(ending, messages relayed): complete; the client leaves halfway or right after the terminal message;
-    the upstream dies halfway."""
+    """(ending, messages relayed): complete; the client leaves halfway, right after the terminal message or
+    right after an in-band error; the upstream dies halfway."""
     half = max(1, len(messages) // 2)
     found = [("complete", len(messages)), ("die", half)]
     if kind == JSON:
@@ -192,6 +192,10 @@ def endings(messages: list[bytes], endpoint: str, kind: str) -> list[tuple[str, 
         found.append(("leave_early", half))
     if terminal is not None:
         found.append(("leave_after_terminal", terminal))
+    error = next((index for index in range(1, len(messages) + 1)
+                  if expected_for(endpoint, b"".join(messages[:index]), kind).error), None)
+    if error is not None:  # ollama-python raises on an error line and closes: the error still counts
+        found.append(("leave_after_error", error))
     return found
 
 

@@ -10,7 +10,7 @@ import ollama
 import pytest
 
 from tests.conftest import ProxyUnderTest
-from tests.fake_ollama import ROUTES, FakeOllama
+from tests.fake_ollama import ROUTES, FakeOllama, rec
 
 MODEL = "llama3.2"
 EMBED_MODEL = "all-minilm"
@@ -105,3 +105,26 @@ async def test_official_client_works_and_metrics_match_reports(
     assert proxy.value("ollama_inter_token_latency_seconds_count", endpoint="/api/generate", **labels) == gaps
     assert proxy.value("ollama_finished_requests_total", endpoint="/api/generate", reason="length", **labels) == 1
     assert proxy.value("ollama_finished_requests_total", endpoint="/api/generate", reason="stop", **labels) == 1
+
+
+async def test_an_error_line_the_client_raises_on_counts_as_an_upstream_error(
+    proxy: ProxyUnderTest, fake: FakeOllama,
+) -> None:
+    """ollama-python raises at an `{"error": ...}` line and closes the stream: the failure was Ollama's."""
+    fake.override["/api/generate"] = rec("generate_midstream_error.ndjson")
+    fake.eof_delay = 30  # the client closes at the error line, before the stream's end reaches the proxy
+    lines = [json.loads(line) for line in fake.override["/api/generate"].body.splitlines()]
+    message = next(line["error"] for line in lines if "error" in line)
+    model = next(line["model"] for line in lines if "model" in line)
+
+    def generate() -> None:
+        with pytest.raises(ollama.ResponseError, match=message[:20]):
+            for _ in ollama.Client(host=proxy.url).generate(model=MODEL, prompt="x", stream=True):
+                pass
+
+    for _ in range(3):
+        await asyncio.to_thread(generate)
+    await proxy.settled(3)
+    assert proxy.value("ollama_requests_total", endpoint="/api/generate", model=f"{model}:latest",
+                       outcome="upstream_error") == 3
+    assert proxy.total("ollama_client_disconnects_total") == 0

@@ -87,12 +87,13 @@ def outcome_for_response(exchange: Exchange) -> Outcome:
     return Outcome.SUCCESS
 
 
-def client_left(exchange: Exchange, observation: Observation | None = None) -> Outcome:
-    """How a request went when its client disconnected: a success if the response's terminal event (``[DONE]``,
-    ``"done":true``, ``message_stop``, ``response.completed``, the end of a JSON body) had already been relayed,
-    whatever the client does afterwards (the OpenAI SDK closes right after ``[DONE]``, before the chunked
-    terminator arrives); otherwise aborted."""
-    obs = observation or exchange.observation
-    if obs.complete and obs.error is None and exchange.status and exchange.status < 400:
-        return Outcome.SUCCESS
+def client_left(exchange: Exchange) -> Outcome:
+    """How a request went when its client disconnected. Once the response's terminal event (``[DONE]``,
+    ``"done":true``, ``message_stop``, ``response.completed``, the end of a JSON body) or an in-band error had
+    been relayed, the response had said how it went, whatever the client does afterwards: the OpenAI SDK closes
+    right after ``[DONE]``, before the chunked terminator arrives, and ollama-python right after an
+    ``{"error": ...}`` line. Otherwise the client left first: aborted."""
+    obs = exchange.observation
+    if exchange.status and (obs.complete or obs.error is not None):
+        return outcome_for_response(exchange)
     return Outcome.ABORTED
