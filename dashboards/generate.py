@@ -19,6 +19,8 @@ SEL = 'instance=~"$instance", model=~"$model"'  # the filter every traffic query
 ESEL = SEL + ', endpoint=~"$endpoint"'
 INST = 'instance=~"$instance"'
 RI = "$__rate_interval"
+# Cloud models run on ollama.com: GPU figures per token leave their tokens out (ollama_model_location_info).
+CLOUD_MODELS = 'ollama_model_location_info{location="cloud"}'
 INFERENCE = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/v1/chat/completions",
              "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
 TOKENS_PER_SECOND = "tok/s"  # Grafana shows an unknown unit as a suffix
@@ -155,6 +157,20 @@ def overview() -> dict[str, Any]:
         heatmap(layout, "Time to first token heatmap",
                 "How many streamed requests waited how long for their first token: a band that rises is a queue "
                 "building up.", "s", "ollama_time_to_first_token_seconds"),
+        panel(layout, "Time to first token and to the answer",
+              "Streamed requests, p50 and p95: the first chunk of any kind (thinking included) against the first "
+              "chunk of the answer after any thinking, which is what a user waits for from a thinking model. A "
+              "wide gap: thinking costs that much latency (turn it off per request with think: false).", "s",
+              [(f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{ESEL}}}[{RI}])))",
+                f"p{int(q * 100)} {name}")
+               for metric, name in (("ollama_time_to_first_token_seconds", "first token"),
+                                    ("ollama_time_to_first_answer_token_seconds", "first answer token"))
+               for q in (0.5, 0.95)]),
+        panel(layout, "Thinking, answer and tool calls",
+              "Streamed chunks per second by kind (thinking before the answer, or the answer itself) and tool "
+              "calls per second: how much of the generation goes into thinking.", "short",
+              [(f"sum by (kind) (rate(ollama_output_chunks_total{{{ESEL}}}[{RI}]))", "{{kind}} chunks"),
+               (f"sum(rate(ollama_tool_calls_total{{{ESEL}}}[{RI}]))", "tool calls")]),
         panel(layout, "Inter-token latency",
               "Streamed requests: gaps between consecutive generated chunks as clients received them.", "s",
               quantiles("ollama_inter_token_latency_seconds")),
@@ -189,6 +205,11 @@ def overview() -> dict[str, Any]:
                 "error: {{outcome}}"),
                (f'sum(rate(ollama_requests_total{{{ESEL}, outcome="client_error"}}[{RI}]))', "client_error"),
                (f"sum by (phase) (rate(ollama_client_disconnects_total{{{ESEL}}}[{RI}]))", "disconnect {{phase}}")]),
+        panel(layout, "Error replies by status",
+              "Replies with an error status per second: 401 is a cloud model without `ollama signin`, 429 the "
+              "cloud's rate limit, 502 the cloud out of reach, 503 Ollama's queue full, 404 an unknown model.",
+              "reqps",
+              [(f"sum by (status) (rate(ollama_error_responses_total{{{ESEL}}}[{RI}]))", "{{status}}")]),
         panel(layout, "In-flight requests",
               "Requests queued in Ollama or generating right now.", "short",
               [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}})", "{{model}}")]),
@@ -261,10 +282,11 @@ def gpu() -> dict[str, Any]:
               [(f"ollama_gpu_power_watts{{{gpu_sel}}}", "draw GPU {{gpu}} {{instance}}"),
                (f"ollama_gpu_power_limit_watts{{{gpu_sel}}}", "limit GPU {{gpu}} {{instance}}")]),
         panel(layout, "Energy per 1,000 generated tokens",
-              "GPU energy divided by the tokens generated through the proxy on the same host, in joules per "
-              "1,000 tokens.", "joule",
+              "GPU energy divided by the tokens generated through the proxy on the same host (cloud models left "
+              "out: they ran on ollama.com), in joules per 1,000 tokens.", "joule",
               [(f"1000 * sum by (instance) (rate(ollama_gpu_energy_joules_total{{{gpu_sel}}}[{RI}])) / "
-                f"sum by (instance) (rate(ollama_generation_tokens_total{{{gpu_sel}}}[{RI}]))", "{{instance}}")]),
+                f"sum by (instance) (rate(ollama_generation_tokens_total{{{gpu_sel}}}[{RI}]) "
+                f"unless on (instance, model) {CLOUD_MODELS})", "{{instance}}")]),
         panel(layout, "GPU memory per process",
               "GPU memory held by each process, so the Ollama runner's share shows.", "bytes",
               [(f"ollama_gpu_process_memory_bytes{{{gpu_sel}}}", "{{process}} ({{pid}}) GPU {{gpu}}")]),

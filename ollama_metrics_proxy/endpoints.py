@@ -43,8 +43,11 @@ ALL_ENDPOINTS: tuple[str, ...] = (
 )
 
 
-def classify(path: str) -> str:
-    """Map a request path (no query string) to its endpoint label."""
+def classify(path: str, method: str = "POST") -> str:
+    """Map a request path (no query string) to its endpoint label. A CORS preflight (``OPTIONS``) asks only
+    whether the real request may be sent: it is never the route's own request, so it is ``other``."""
+    if method == "OPTIONS":
+        return OTHER
     if path in INFERENCE_ENDPOINTS or path in PROGRESS_ENDPOINTS or path in MANAGEMENT_ENDPOINTS:
         return path
     if path.startswith("/api/blobs/"):

@@ -84,6 +84,13 @@ STREAMS = {
     "chat_stream.ndjson": "/api/chat",
     "chat_tool_stream.ndjson": "/api/chat",
     "generate_midstream_error.ndjson": "/api/generate",
+    # Ollama 0.33's shapes: thinking before the answer, cached prompt tokens, tool calls on the done line after a
+    # silence (the llama-server path), a cloud model's remote_model and remote_host, logprobs on every chunk.
+    "chat_thinking_stream.ndjson": "/api/chat",
+    "generate_thinking_stream.ndjson": "/api/generate",
+    "chat_tool_done_line.ndjson": "/api/chat",
+    "chat_cloud_stream.ndjson": "/api/chat",
+    "generate_logprobs_stream.ndjson": "/api/generate",
     "generate_stream_garbage_line.ndjson": "/api/generate",  # a line that is not JSON: a parse error, no token
     "pull_progress.ndjson": "/api/pull",
     "openai_chat_stream.sse": "/v1/chat/completions",

@@ -7,6 +7,7 @@ same bytes, written from Ollama's wire format (../shared/reference/ollama-api.md
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ class Expected:
     complete: bool = False
     error: bool = False
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None
     reported_generation: int | None = None
     content_chunks: int = 0
     finish_reason: str | None = None
@@ -85,11 +87,31 @@ class Expected:
     eval_seconds: float | None = None
     prompt_eval_seconds: float | None = None
     embedding_inputs: int | None = None
+    thinking_chunks: int = 0  # content chunks carrying only thinking
+    tool_calls: int = 0
+    gaps: int = 0  # inter-token samples: content chunks after the first, except those carrying a tool call
+    answered: bool = False  # an answer chunk (text or a tool call) was streamed
+    remote: bool = False  # a line named a remote_host: an Ollama cloud model
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def piece(self, *, thinking: bool, calls: int, tool_arguments: bool = False) -> None:
+        """One streamed chunk with generated content: thinking only, or an answer with ``calls`` new tool calls
+        (or a tool call's arguments). The silence before a tool call is not an inter-token gap."""
+        if self.content_chunks and not calls and not tool_arguments:
+            self.gaps += 1
+        self.content_chunks += 1
+        self.thinking_chunks += thinking
+        self.answered = self.answered or not thinking
+        self.tool_calls += calls
 
     @property
     def lifecycle(self) -> bool:
         return self.finish_reason in LIFECYCLE
+
+    @property
+    def cloud(self) -> bool:
+        """Ollama's cloud models: a remote_host in the reply, or a tag of `cloud` or ending `-cloud`."""
+        return self.remote or bool(re.search(r":(?:[^/:]*-)?cloud$", self.model or ""))
 
     @property
     def generated(self) -> int | None:
@@ -124,17 +146,22 @@ def native(body: bytes, kind: str) -> Expected:
             expected.parse_errors += 1
             continue
         expected.model = expected.model or obj.get("model")
+        expected.remote = expected.remote or bool(obj.get("remote_host"))
         if _has_error(obj):
             expected.error = True
             continue
         message = obj.get("message") or {}
-        if kind != JSON and any((obj.get("response"), obj.get("thinking"), obj.get("tool_calls"),
-                                 message.get("content"), message.get("thinking"), message.get("tool_calls"))):
-            expected.content_chunks += 1
+        calls = obj.get("tool_calls") or message.get("tool_calls") or []
+        answer = obj.get("response") or message.get("content") or calls
+        if kind != JSON and (answer or obj.get("thinking") or message.get("thinking")):
+            expected.piece(thinking=not answer, calls=len(calls))
+        elif kind == JSON:
+            expected.tool_calls += len(calls)
         if obj.get("done") is True or kind == JSON:
             expected.complete = True
             expected.finish_reason = obj.get("done_reason")
             expected.prompt_tokens = obj.get("prompt_eval_count")
+            expected.cached_tokens = obj.get("prompt_eval_cached_count")
             expected.reported_generation = obj.get("eval_count")
             if "eval_duration" in obj:
                 expected.eval_seconds = obj["eval_duration"] / 1e9
@@ -180,12 +207,18 @@ def openai(body: bytes, kind: str) -> Expected:
             delta = choice.get("delta") or {}
             if choice.get("finish_reason"):
                 expected.finish_reason = choice["finish_reason"]
-            if kind != JSON and any((choice.get("text"), delta.get("content"), delta.get("reasoning"),
-                                     delta.get("reasoning_content"), delta.get("tool_calls"))):
-                expected.content_chunks += 1
-        if isinstance(obj.get("usage"), dict):
-            expected.prompt_tokens = obj["usage"].get("prompt_tokens")
-            expected.reported_generation = obj["usage"].get("completion_tokens")
+            new_calls = [call for call in delta.get("tool_calls") or [] if call.get("id")]
+            answer = choice.get("text") or delta.get("content") or delta.get("tool_calls")
+            if kind != JSON and (answer or delta.get("reasoning") or delta.get("reasoning_content")):
+                expected.piece(thinking=not answer, calls=len(new_calls))
+            elif kind == JSON:
+                expected.tool_calls += len((choice.get("message") or {}).get("tool_calls") or [])
+        usage = obj.get("usage")
+        # Ollama's /v1/completions chunks carry a usage of zeros until the real one: a placeholder, not a count.
+        if isinstance(usage, dict) and any(usage.get(name) for name in ("prompt_tokens", "completion_tokens")):
+            expected.prompt_tokens = usage.get("prompt_tokens")
+            expected.reported_generation = usage.get("completion_tokens")
+            expected.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         if obj.get("object") == "list" and isinstance(obj.get("data"), list):
             expected.embedding_inputs = len(obj["data"])
         if kind == JSON and not _has_error(obj):
@@ -206,6 +239,7 @@ def anthropic(body: bytes, kind: str) -> Expected:
         expected.model = obj.get("model")
         expected.prompt_tokens, expected.reported_generation = usage.get("input_tokens"), usage.get("output_tokens")
         expected.finish_reason = obj.get("stop_reason")
+        expected.tool_calls = sum(block.get("type") == "tool_use" for block in obj.get("content") or [])
         return expected
     for name, data in sse_events(body):
         obj = _load(data)
@@ -213,7 +247,11 @@ def anthropic(body: bytes, kind: str) -> Expected:
             expected.parse_errors += 1
             continue
         if name == "content_block_delta":
-            expected.content_chunks += 1
+            delta_type = (obj.get("delta") or {}).get("type")
+            expected.piece(thinking=delta_type == "thinking_delta", calls=0,
+                           tool_arguments=delta_type == "input_json_delta")
+        elif name == "content_block_start":
+            expected.tool_calls += (obj.get("content_block") or {}).get("type") == "tool_use"
         elif name == "message_start":
             message = obj["message"]
             expected.model = message.get("model")
@@ -242,13 +280,17 @@ def responses(body: bytes, kind: str) -> Expected:
             expected.parse_errors += 1
             continue
         if name and name.endswith(".delta"):
-            expected.content_chunks += 1
+            expected.piece(thinking=name.startswith("response.reasoning"), calls=0,
+                           tool_arguments=name == "response.function_call_arguments.delta")
+        elif name == "response.output_item.added":
+            expected.tool_calls += (obj.get("item") or {}).get("type") == "function_call"
         elif name in ("response.completed", "response.incomplete"):
             response = obj["response"]
             usage = response.get("usage") or {}
             expected.complete = True
             expected.prompt_tokens, expected.reported_generation = usage.get("input_tokens"), usage.get(
                 "output_tokens")
+            expected.cached_tokens = (usage.get("input_tokens_details") or {}).get("cached_tokens")
             expected.finish_reason = "stop" if response.get("status") == "completed" else "incomplete"
         elif name in ("response.failed", "error"):
             expected.error = True

@@ -117,6 +117,9 @@ def totals(registry: CollectorRegistry) -> dict[str, float]:
             if sample.name == "ollama_finished_requests_total":
                 key = f"reason={sample.labels['reason']}"
                 sums[key] = sums.get(key, 0.0) + sample.value
+            if sample.name == "ollama_output_chunks_total":
+                key = f"kind={sample.labels['kind']}"
+                sums[key] = sums.get(key, 0.0) + sample.value
     return sums
 
 
@@ -128,15 +131,24 @@ def expected_deltas(expected: Expected, outcome: str, streaming: bool) -> dict[s
         "ollama_generation_tokens_total": generated or 0,
         "ollama_generation_tokens_estimated_total": (generated or 0) if expected.estimated else 0,
         "ollama_prompt_tokens_total": 0 if expected.lifecycle else expected.prompt_tokens or 0,
-        "ollama_eval_seconds_total": expected.eval_seconds or 0,
-        "ollama_eval_tokens_total": (expected.reported_generation or 0) if expected.eval_seconds is not None else 0,
-        "ollama_prompt_eval_tokens_total": (
-            (expected.prompt_tokens or 0) if expected.prompt_eval_seconds is not None else 0),
+        # Decode speed is this hardware's: a cloud model's eval time is left out.
+        "ollama_eval_seconds_total": 0 if expected.cloud else expected.eval_seconds or 0,
+        "ollama_eval_tokens_total": (expected.reported_generation or 0)
+        if expected.eval_seconds is not None and not expected.cloud else 0,
+        "ollama_prompt_eval_tokens_total": (  # the tokens prompt_eval_duration timed: less the cached ones
+            (expected.prompt_tokens or 0) - (expected.cached_tokens or 0)
+            if expected.prompt_eval_seconds is not None else 0),
+        "ollama_prompt_cached_tokens_total": 0 if expected.lifecycle else expected.cached_tokens or 0,
         "ollama_finished_requests_total": 1 if expected.finish_reason and not expected.lifecycle else 0,
         "ollama_load_requests_total": 1 if expected.lifecycle else 0,
         "ollama_metrics_proxy_parse_errors_total": expected.parse_errors,
         "ollama_time_to_first_token_seconds_count": 1 if streaming and expected.content_chunks else 0,
-        "ollama_inter_token_latency_seconds_count": max(expected.content_chunks - 1, 0),
+        "ollama_inter_token_latency_seconds_count": expected.gaps,
+        "ollama_time_to_first_answer_token_seconds_count": 1 if streaming and expected.answered else 0,
+        "ollama_tool_calls_total": 0 if expected.lifecycle else expected.tool_calls,
+        "kind=thinking": expected.thinking_chunks if streaming and not expected.lifecycle else 0,
+        "kind=answer": (expected.content_chunks - expected.thinking_chunks) if streaming and not expected.lifecycle
+        else 0,
         "ollama_embedding_inputs_total": expected.embedding_inputs or 0,
     }
     if expected.finish_reason and not expected.lifecycle:

@@ -138,6 +138,11 @@ async def drive_traffic(proxy: ProxyUnderTest, fake: FakeOllama, http: aiohttp.C
     await drive_every_route(proxy, http)
     async with http.post(proxy.url + "/api/generate", json={"model": UNKNOWN_MODEL}) as response:
         assert response.status == 404
+    for recording in ("chat_thinking_stream.ndjson", "chat_tool_done_line.ndjson"):  # thinking, a tool call
+        fake.override["/api/chat"] = rec(recording)
+        async with http.post(proxy.url + "/api/chat", json={"model": "qwen3:8b"}) as response:
+            await response.read()
+    del fake.override["/api/chat"]
     fake.die_after = 1  # Ollama dies mid-stream: an error on the server's side (upstream_error)
     async with http.post(proxy.url + "/api/generate", json={"model": "llama3.2"}) as response:
         with contextlib.suppress(aiohttp.ClientPayloadError):

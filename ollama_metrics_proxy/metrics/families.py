@@ -180,7 +180,9 @@ class ModelSeries:
     in_flight: GaugeCell
     duration: HistogramCell
     time_to_first_token: HistogramCell
+    time_to_first_answer_token: HistogramCell
     inter_token_latency: HistogramCell
+    tool_calls: CounterCell
     prompt_tokens: CounterCell
     generation_tokens: CounterCell
     generation_tokens_estimated: CounterCell
@@ -244,10 +246,34 @@ class TrafficMetrics:
             "ollama_time_to_first_token_seconds",
             "Streamed requests: time from the request's arrival to the first chunk carrying generated text, "
             "thinking or a tool call.", TIME_TO_FIRST_TOKEN_BUCKETS)
+        self.time_to_first_answer_token = histogram(
+            "ollama_time_to_first_answer_token_seconds",
+            "Streamed requests: time from the request's arrival to the first chunk of the answer (text or a tool "
+            "call), after any thinking; what a user waits for when the model thinks first (Ollama 0.12.4+ thinks "
+            "by default on capable models).", TIME_TO_FIRST_TOKEN_BUCKETS)
         self.inter_token_latency = histogram(
             "ollama_inter_token_latency_seconds",
-            "Streamed requests: gaps between consecutive chunks carrying generated content, as relayed.",
+            "Streamed requests: gaps between consecutive chunks carrying generated content, as relayed. The "
+            "silence before a chunk with a tool call is no sample: Ollama streams nothing while it assembles one.",
             INTER_TOKEN_BUCKETS)
+        self.output_chunks = counter(
+            "ollama_output_chunks_total",
+            "Streamed chunks carrying generated content, by kind: thinking (reasoning before the answer) or "
+            "answer (text or tool calls).", (*ENDPOINT_MODEL, "kind"))
+        self.tool_calls = counter(
+            "ollama_tool_calls_total",
+            "Tool calls in the replies (native message.tool_calls, OpenAI tool_calls, Anthropic tool_use blocks, "
+            "Responses function_call items).")
+        self.error_responses = counter(
+            "ollama_error_responses_total",
+            "Replies with an error status, by status: 401 (a cloud model without sign-in), 403, 404, 429 (the "
+            "cloud's rate limit), 500, 502 (the cloud unreachable), 503 (busy), ...; other statuses as 'other'.",
+            (*ENDPOINT_MODEL, "status"))
+        self.model_location = Gauge(
+            "ollama_model_location_info",
+            "1 for each model label in use, with where it runs: local (on this Ollama's hardware) or cloud (an "
+            "Ollama cloud model, run on ollama.com). Join on model to filter; cloud requests are left out of "
+            "decode speed and energy per token.", ("model", "location"), registry=registry)
         self.client_disconnects = counter(
             "ollama_client_disconnects_total",
             "Clients that went away before the response ended; the upstream generation was cancelled.",
@@ -268,13 +294,14 @@ class TrafficMetrics:
             "reported no count (OpenAI streams without include_usage, streams cut short).")
         self.eval_tokens = counter(
             "ollama_eval_tokens_total",
-            "Generated tokens of the requests that reported Ollama's eval_duration (native routes); divide by "
-            "ollama_eval_seconds_total for decode speed over exactly the same requests.")
+            "Generated tokens of the local requests that reported Ollama's eval_duration (native routes; not "
+            "cloud models); divide by ollama_eval_seconds_total for decode speed over exactly the same requests.")
         self.prompt_eval_tokens = counter(
             "ollama_prompt_eval_tokens_total",
-            "Prompt tokens (prompt_eval_count, including cached ones) of the requests that reported "
-            "prompt_eval_duration; divided by ollama_prompt_eval_seconds_total this overstates prefill speed when "
-            "the prompt cache hits, since the duration covers only the uncached tokens.")
+            "Prompt tokens Ollama evaluated in the requests that reported prompt_eval_duration: prompt_eval_count "
+            "less prompt_eval_cached_count where the reply carries it (Ollama 0.33+), else prompt_eval_count "
+            "including cached tokens (then divided by ollama_prompt_eval_seconds_total it overstates prefill speed "
+            "when the prompt cache hits, since the duration covers only the uncached tokens).")
         self.load_requests = counter(
             "ollama_load_requests_total",
             "Requests that only loaded a model (done_reason load: an empty prompt) or unloaded it (unload: "
@@ -286,7 +313,9 @@ class TrafficMetrics:
             "ollama_request_generation_tokens", "Generated tokens per request.", TOKEN_COUNT_BUCKETS)
         self.cached_tokens = counter(
             "ollama_prompt_cached_tokens_total",
-            "Prompt tokens served from cache, where the reply reports them (/v1 usage details).")
+            "Prompt tokens served from Ollama's prompt cache, where the reply reports them: native "
+            "prompt_eval_cached_count (Ollama 0.33+), /v1 usage prompt_tokens_details.cached_tokens, Responses "
+            "input_tokens_details.cached_tokens.")
         self.embedding_inputs = counter(
             "ollama_embedding_inputs_total", "Inputs embedded (one per returned vector).")
         self.load_duration = histogram(
@@ -307,16 +336,18 @@ class TrafficMetrics:
             "ollama_prompt_eval_seconds_total", "Sum of Ollama's prompt_eval_duration (prefill of the prompt "
             "tokens not served from cache); ollama_prompt_eval_tokens_total counts the same requests' tokens.")
         self.eval_seconds = counter(
-            "ollama_eval_seconds_total", "Sum of Ollama's eval_duration; divide ollama_eval_tokens_total by it "
-            "for decode speed.")
+            "ollama_eval_seconds_total", "Sum of Ollama's eval_duration of local requests (not cloud models); "
+            "divide ollama_eval_tokens_total by it for decode speed.")
         self.generation_speed = histogram(
-            "ollama_generation_tokens_per_second", "Decode speed per request: eval_count / eval_duration.",
+            "ollama_generation_tokens_per_second",
+            "Decode speed per local request (not cloud models): eval_count / eval_duration.",
             TOKENS_PER_SECOND_BUCKETS)
         self.prompt_speed = histogram(
             "ollama_prompt_tokens_per_second",
-            "Prefill speed per request: prompt_eval_count / prompt_eval_duration. prompt_eval_count includes "
-            "tokens served from the prompt cache while the duration covers only the uncached ones, so this "
-            "overstates compute speed when the cache hits.", TOKENS_PER_SECOND_BUCKETS)
+            "Prefill speed per request: evaluated prompt tokens / prompt_eval_duration. The tokens are "
+            "prompt_eval_count less prompt_eval_cached_count where the reply carries it (Ollama 0.33+); older "
+            "replies count cached tokens too, so there this overstates compute speed when the cache hits.",
+            TOKENS_PER_SECOND_BUCKETS)
 
         self.overhead = histogram(
             "ollama_metrics_proxy_overhead_seconds",
@@ -328,7 +359,8 @@ class TrafficMetrics:
             "ollama_queue_wait_estimate_seconds",
             "Native inference requests: an estimate of the time spent waiting in Ollama for a parallel slot, "
             "total_duration - load_duration - prompt_eval_duration - eval_duration (time outside compute: the "
-            "slot wait plus templating and tokenisation; the scheduler's own queue is in load_duration).",
+            "slot wait plus templating and tokenisation; the scheduler's own queue is in load_duration). Only "
+            "replies that report prompt-eval or eval durations: not embeddings.",
             QUEUE_WAIT_BUCKETS)
         build = Gauge("ollama_metrics_proxy_build_info", "The proxy's version; always 1.",
                       ("version", "python_version"), registry=registry)

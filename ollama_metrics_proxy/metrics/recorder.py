@@ -10,7 +10,7 @@ import logging
 from typing import Protocol
 
 from ollama_metrics_proxy.metrics.families import ModelSeries, TrafficMetrics
-from ollama_metrics_proxy.metrics.labels import ModelLabels, finish_reason_label
+from ollama_metrics_proxy.metrics.labels import NO_MODEL, OTHER, ModelLabels, finish_reason_label
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
@@ -18,6 +18,9 @@ from ollama_metrics_proxy.usage.live_stats import LiveStats
 from ollama_metrics_proxy.usage.request_log import RequestLog
 
 log = logging.getLogger("ollama_metrics_proxy.requests")
+
+# Error statuses with a meaning of their own for Ollama (and its cloud models); any other is "other".
+ERROR_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 429, 499, 500, 502, 503, 504})
 
 
 class RequestRecorder(Protocol):
@@ -41,6 +44,7 @@ class Recorder:
         self.live = live if live is not None else LiveStats()
         self.request_log = request_log
         self.otel = otel  # --otlp-endpoint: None, and never touched, unless asked for
+        self._located: set[str] = set()  # model labels whose location series is set (bounded as the labels are)
 
     def start(self, exchange: Exchange) -> str:
         """Count the request in flight; returns the model label used, to pass back to ``finish``.
@@ -97,6 +101,11 @@ class Recorder:
         model = self.models.resolve(exchange.model, may_add=admitted)
         series = m.series(endpoint, model)
         m.requests.labels(endpoint, model, outcome.value).inc()
+        if exchange.status >= 400:
+            m.error_responses.labels(endpoint, model, error_status_label(exchange.status)).inc()
+        if model not in self._located and model not in (NO_MODEL, OTHER):
+            self._located.add(model)
+            m.model_location.labels(model, exchange.location).set(1)
         series.duration.observe(max(exchange.ended - exchange.started, 0.0))
         if outcome is Outcome.ABORTED:
             m.client_disconnects.labels(endpoint, model, exchange.disconnect_phase.value).inc()
@@ -121,11 +130,21 @@ class Recorder:
         obs = exchange.observation
         if exchange.streaming and obs.first_content_at is not None:
             series.time_to_first_token.observe(max(obs.first_content_at - exchange.started, 0.0))
+        if exchange.streaming and obs.first_answer_at is not None:
+            series.time_to_first_answer_token.observe(max(obs.first_answer_at - exchange.started, 0.0))
+        if exchange.streaming and obs.content_chunks:
+            if obs.thinking_chunks:
+                self.metrics.output_chunks.labels(endpoint, model, "thinking").inc(obs.thinking_chunks)
+            if obs.content_chunks > obs.thinking_chunks:
+                self.metrics.output_chunks.labels(endpoint, model, "answer").inc(
+                    obs.content_chunks - obs.thinking_chunks)
+        if obs.tool_calls:
+            series.tool_calls.inc(obs.tool_calls)
         if obs.gaps.observations:
             series.inter_token_latency.merge(obs.gaps.counts, obs.gaps.total)
         if obs.finish_reason:
             self.metrics.finished.labels(endpoint, model, finish_reason_label(obs.finish_reason)).inc()
-        _record_tokens(obs, series)
+        _record_tokens(obs, series, local=exchange.location == "local")
         # Ollama's phases (native routes): each one's histogram and the sum its speed is computed over. A phase
         # the reply did not report touches no series (each child is made on first use).
         _record_load(obs, series)
@@ -134,7 +153,8 @@ class Recorder:
             series.prompt_eval_seconds.inc(obs.prompt_eval_seconds)
         if obs.eval_seconds is not None:
             series.eval_duration.observe(obs.eval_seconds)
-            series.eval_seconds.inc(obs.eval_seconds)
+            if exchange.location == "local":  # decode speed is this hardware's: a cloud model ran elsewhere
+                series.eval_seconds.inc(obs.eval_seconds)
         if obs.total_seconds is not None:
             series.total_duration.observe(obs.total_seconds)
         wait = obs.queue_wait_estimate()
@@ -148,7 +168,11 @@ def _record_load(obs: Observation, series: ModelSeries) -> None:
         series.load_seconds.inc(obs.load_seconds)
 
 
-def _record_tokens(obs: Observation, series: ModelSeries) -> None:
+def error_status_label(status: int) -> str:
+    return str(status) if status in ERROR_STATUSES else "other"
+
+
+def _record_tokens(obs: Observation, series: ModelSeries, *, local: bool) -> None:
     generated, estimated = obs.generated()
     if obs.prompt_tokens is not None:
         series.prompt_tokens.inc(obs.prompt_tokens)
@@ -164,14 +188,15 @@ def _record_tokens(obs: Observation, series: ModelSeries) -> None:
         series.embedding_inputs.inc(obs.embedding_inputs)
     # Speeds pair a count with the duration Ollama measured for exactly those tokens: the counters below are the
     # numerators of the decode and prefill rates over the same requests as their seconds.
-    if obs.eval_seconds is not None:
+    if obs.eval_seconds is not None and local:
         series.eval_tokens.inc(obs.generation_tokens or 0)
         if obs.generation_tokens and obs.eval_seconds > 0:
             series.generation_speed.observe(obs.generation_tokens / obs.eval_seconds)
     if obs.prompt_eval_seconds is not None:
-        series.prompt_eval_tokens.inc(obs.prompt_tokens or 0)
-        if obs.prompt_tokens and obs.prompt_eval_seconds > 0:
-            series.prompt_speed.observe(obs.prompt_tokens / obs.prompt_eval_seconds)
+        evaluated = obs.evaluated_prompt_tokens()
+        series.prompt_eval_tokens.inc(evaluated or 0)
+        if evaluated and obs.prompt_eval_seconds > 0:
+            series.prompt_speed.observe(evaluated / obs.prompt_eval_seconds)
 
 
 def _log_fields(exchange: Exchange, model: str, outcome: Outcome) -> dict[str, object]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ollama_metrics_proxy.endpoints import Dialect, dialect_of
 from ollama_metrics_proxy.observe import Observation
+from ollama_metrics_proxy.observe.extract import is_cloud_model
 from ollama_metrics_proxy.pickling import pickled_by_fields
 
 
@@ -64,6 +65,11 @@ class Exchange:
     def model(self) -> str | None:
         """The model the response names, else the one the request named."""
         return self.observation.model or self.request_model
+
+    @property
+    def location(self) -> str:
+        """``cloud`` for a cloud model (run on ollama.com: its tokens cost this GPU nothing), else ``local``."""
+        return "cloud" if self.observation.remote or is_cloud_model(self.model) else "local"
 
     @property
     def disconnect_phase(self) -> Phase:

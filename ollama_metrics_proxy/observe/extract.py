@@ -92,11 +92,22 @@ def error_message(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def is_cloud_model(name: str | None) -> bool:
+    """Ollama's cloud models: the tag is ``cloud`` or ends ``-cloud`` (``gpt-oss:120b-cloud``,
+    ``kimi-k2:1t-cloud``, ``minimax-m2:cloud``); ollama:internal/modelref/modelref.go."""
+    if not name:
+        return False
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    return tag == "cloud" or tag.endswith("-cloud")
+
+
 def apply_native(obs: Observation, obj: dict[str, Any]) -> None:
     """A ``done: true`` object from /api/generate or /api/chat, or an /api/embed(dings) reply."""
     obs.model = text(obj.get("model")) or obs.model
+    obs.remote = obs.remote or bool(obj.get("remote_host"))
     obs.finish_reason = text(obj.get("done_reason")) or obs.finish_reason
     obs.prompt_tokens = _int(obj.get("prompt_eval_count"))
+    obs.cached_tokens = _int(obj.get("prompt_eval_cached_count"))  # Ollama 0.33+, a 0 included
     obs.generation_tokens = _int(obj.get("eval_count"))
     obs.load_seconds = _seconds(obj.get("load_duration"))
     obs.prompt_eval_seconds = _seconds(obj.get("prompt_eval_duration"))
@@ -108,24 +119,52 @@ def apply_native(obs: Observation, obj: dict[str, Any]) -> None:
         obs.embedding_inputs = 1
 
 
-def native_has_content(obj: dict[str, Any]) -> bool:
-    """Whether a native object carries generated text, thinking or tool calls."""
+def note_native_content(obs: Observation, obj: dict[str, Any], now: float) -> None:
+    """A native object's generated piece, if it carries one: thinking, answer text or tool calls."""
     message = _dict(obj.get("message"))
-    return bool(
-        obj.get("response") or obj.get("thinking") or obj.get("tool_calls")
-        or message.get("content") or message.get("thinking") or message.get("tool_calls")
-    )
+    calls = obj.get("tool_calls") or message.get("tool_calls")
+    answer = obj.get("response") or message.get("content") or calls
+    if answer or obj.get("thinking") or message.get("thinking"):
+        obs.tool_calls += len(calls) if isinstance(calls, list) else 0
+        obs.note_content(now, thinking=not answer, tool_call=bool(calls))
 
 
-def openai_has_content(obj: dict[str, Any]) -> bool:
-    """Whether an OpenAI chunk carries generated text, reasoning or tool calls (not a bare finish or usage)."""
+def note_openai_content(obs: Observation, obj: dict[str, Any], now: float) -> None:
+    """An OpenAI chunk's generated piece, if it carries one: reasoning, text or tool calls (each new call has
+    an ``id``; a call's later argument pieces do not)."""
+    answer = thinking = False
+    calls = 0
     for choice in obj.get("choices") or ():
         choice = _dict(choice)
-        delta = _dict(choice.get("delta"))
-        if (choice.get("text") or delta.get("content") or delta.get("reasoning")
-                or delta.get("reasoning_content") or delta.get("tool_calls")):
-            return True
-    return False
+        delta = _dict(choice.get("delta")) or _dict(choice.get("message"))
+        deltas = delta.get("tool_calls")
+        if isinstance(deltas, list) and deltas:
+            calls += sum(1 for call in deltas if _dict(call).get("id")) if "delta" in choice else len(deltas)
+            answer = True
+        answer = answer or bool(choice.get("text") or delta.get("content"))
+        thinking = thinking or bool(delta.get("reasoning") or delta.get("reasoning_content"))
+    obs.tool_calls += calls
+    if answer or thinking:
+        obs.note_content(now, thinking=not answer, tool_call=calls > 0)
+
+
+def count_tool_calls(obj: dict[str, Any]) -> int:
+    """Tool calls in a whole reply: native ``message.tool_calls`` (or generate's ``tool_calls``), OpenAI
+    ``choices[].message.tool_calls``, Anthropic ``tool_use`` blocks, Responses ``function_call`` items."""
+    found = [obj.get("tool_calls"), _dict(obj.get("message")).get("tool_calls")]
+    found += [_dict(_dict(choice).get("message")).get("tool_calls") for choice in obj.get("choices") or ()]
+    total = sum(len(calls) for calls in found if isinstance(calls, list))
+    for items, kind in ((obj.get("content"), "tool_use"), (obj.get("output"), "function_call")):
+        if isinstance(items, list):
+            total += sum(1 for item in items if _dict(item).get("type") == kind)
+    return total
+
+
+def is_placeholder_usage(usage: dict[str, Any]) -> bool:
+    """Ollama puts ``usage`` of all zeros on every /v1/completions chunk until the real one comes last: a stream
+    cut short before it must not read as 0 prompt and 0 generated tokens. A real usage always counts at least
+    the prompt's tokens (a template adds some to an empty prompt)."""
+    return not any(usage.get(name) for name in ("prompt_tokens", "completion_tokens", "total_tokens"))
 
 
 def apply_openai(obs: Observation, obj: dict[str, Any]) -> None:
@@ -136,7 +175,7 @@ def apply_openai(obs: Observation, obj: dict[str, Any]) -> None:
         if reason:
             obs.finish_reason = reason
     usage = _dict(obj.get("usage"))
-    if usage:
+    if usage and not is_placeholder_usage(usage):
         obs.prompt_tokens = _int(usage.get("prompt_tokens"))
         obs.generation_tokens = _int(usage.get("completion_tokens"))
         cached = _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))

@@ -19,6 +19,7 @@ from ollama_metrics_proxy.observe.extract import (
     apply_native,
     apply_openai,
     apply_openai_response,
+    count_tool_calls,
     error_message,
     load_object,
 )
@@ -100,4 +101,5 @@ class JsonBodyObserver(Observer):
         if obs.error is not None:
             return
         _APPLY[self._dialect](obs, obj)
+        obs.tool_calls = count_tool_calls(obj)
         obs.complete = complete

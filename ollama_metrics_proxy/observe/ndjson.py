@@ -12,7 +12,7 @@ from ollama_metrics_proxy.observe.extract import (
     apply_native,
     error_message,
     load_object,
-    native_has_content,
+    note_native_content,
     text,
 )
 
@@ -52,6 +52,7 @@ class NdjsonObserver(LineObserver):
             return
         if obs.model is None:
             obs.model = text(obj.get("model"))
+            obs.remote = bool(obj.get("remote_host"))
         message = error_message(obj)
         if message is not None:
             obs.error = message
@@ -59,8 +60,7 @@ class NdjsonObserver(LineObserver):
         if obj.get("done") is True:
             apply_native(obs, obj)
             obs.complete = True
-        if native_has_content(obj):
-            obs.note_content(now)
+        note_native_content(obs, obj, now)
 
 
 class ProgressObserver(LineObserver):

@@ -47,6 +47,7 @@ class GapCounts:
 @dataclass(slots=True)
 class Observation:
     model: str | None = None
+    remote: bool = False  # the reply names a remote_host: a cloud model, run on ollama.com, not on this GPU
     complete: bool = False  # the final object arrived: done:true, [DONE], message_stop, response.completed
     error: str | None = None  # an in-band error (an NDJSON error line, response.failed, an SSE error event)
     finish_reason: str | None = None
@@ -58,22 +59,40 @@ class Observation:
     prompt_eval_seconds: float | None = None
     eval_seconds: float | None = None
     total_seconds: float | None = None
-    content_chunks: int = 0
+    content_chunks: int = 0  # relayed pieces carrying generated text, thinking or a tool call
+    thinking_chunks: int = 0  # of those, the ones carrying only thinking (reasoning before the answer)
+    tool_calls: int = 0  # tool calls the reply carried
     first_content_at: float | None = None
+    first_answer_at: float | None = None  # the first piece of the answer: text or a tool call after any thinking
     last_content_at: float | None = None
     gaps: GapCounts = field(default_factory=GapCounts)
     parse_errors: int = 0
 
-    def note_content(self, now: float, count: int = 1) -> None:
-        """``count`` pieces carrying generated text, thinking or a tool call reached the client at ``now``."""
+    def note_content(self, now: float, count: int = 1, *, thinking: bool = False, tool_call: bool = False) -> None:
+        """``count`` pieces carrying generated text, thinking or a tool call reached the client at ``now``.
+
+        A piece with a tool call adds no inter-token gap: Ollama streams nothing while it assembles a call (on
+        its llama-server path the call rides on the done line), so the silence before it is the whole call's
+        generation, not the latency between two tokens."""
         if self.last_content_at is None:
             self.first_content_at = now
-        else:
+        elif not tool_call:
             self.gaps.add(now - self.last_content_at)
+        if thinking:
+            self.thinking_chunks += count
+        elif self.first_answer_at is None:
+            self.first_answer_at = now
         if count > 1:
             self.gaps.add_zeros(count - 1)
         self.last_content_at = now
         self.content_chunks += count
+
+    def evaluated_prompt_tokens(self) -> int | None:
+        """The prompt tokens Ollama evaluated, which its prompt_eval_duration times: the prompt less what its
+        cache served, where the reply says (prompt_eval_cached_count, Ollama 0.33+); else the whole prompt."""
+        if self.prompt_tokens is None or self.cached_tokens is None:
+            return self.prompt_tokens
+        return max(self.prompt_tokens - self.cached_tokens, 0)
 
     def generated(self) -> tuple[int | None, bool]:
         """Generated tokens and whether the figure is an estimate.
@@ -92,9 +111,11 @@ class Observation:
         """Time Ollama spent outside compute on this request: ``total - load - prompt_eval - eval``, the wait
         for a parallel slot plus templating and tokenisation (../shared/reference/ollama-api.md §3.4, citing
         ollama:server/routes.go: total_duration starts at handler entry, load_duration already holds the
-        scheduler's queue). Needs the final object's total_duration (native routes); a phase Ollama omitted was
-        zero (its fields are omitempty)."""
-        if self.total_seconds is None:
+        scheduler's queue). Needs the final object's total_duration (native routes) and a reply that reports its
+        compute phases: a phase Ollama omitted from a generation was zero (its fields are omitempty), but an
+        embedding reply never carries prompt-eval or eval durations, so there the difference would be the whole
+        embedding compute (2.3 s on a 3,000-input embed), not a wait: no figure."""
+        if self.total_seconds is None or (self.prompt_eval_seconds is None and self.eval_seconds is None):
             return None
         compute = (self.load_seconds or 0.0) + (self.prompt_eval_seconds or 0.0) + (self.eval_seconds or 0.0)
         return max(self.total_seconds - compute, 0.0)

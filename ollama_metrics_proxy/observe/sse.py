@@ -17,7 +17,7 @@ from ollama_metrics_proxy.observe.extract import (
     apply_openai_response,
     error_message,
     load_object,
-    openai_has_content,
+    note_openai_content,
     text,
 )
 
@@ -104,7 +104,7 @@ class SseObserver(LineObserver):
 
 
 # In a chunk free of the special markers below, each of these starts a non-empty piece of generated content.
-_OPENAI_CONTENT = (b'"content":"', b'"reasoning":"', b'"reasoning_content":"', b'"text":"', b'"tool_calls":[')
+_OPENAI_CONTENT = (b'"content":"', b'"text":"')
 
 
 class OpenAiSseObserver(SseObserver):
@@ -117,17 +117,17 @@ class OpenAiSseObserver(SseObserver):
     __slots__ = ()
 
     lines_per_event = 1
+    # Reasoning and tool calls are read event by event too: thinking is told apart from the answer, and calls
+    # are counted.
     special = (b"[DONE]", b'"finish_reason":"', b'"choices":[]', b'"error"', b'"content":""', b'"text":""',
-               b'"reasoning":""', b'"reasoning_content":""', b"event:")
+               b'"reasoning', b'"tool_calls"', b"event:")
 
     def content_events(self, part: bytes, events: int) -> int | None:
         # Exactly one content marker per event, or the part is parsed event by event.
+        content, text_ = _OPENAI_CONTENT
         if events == 1:  # the usual read; written out, as a generator costs more than the searches
-            content, reasoning, reasoning_content, text_, tool_calls = _OPENAI_CONTENT
-            found = (content in part or reasoning in part or text_ in part or tool_calls in part
-                     or reasoning_content in part)
-            return 1 if found else None
-        return events if sum(part.count(marker) for marker in _OPENAI_CONTENT) == events else None
+            return 1 if content in part or text_ in part else None
+        return events if part.count(content) + part.count(text_) == events else None
 
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
@@ -140,8 +140,7 @@ class OpenAiSseObserver(SseObserver):
         obs.model = obs.model or text(obj.get("model"))
         obs.error = error_message(obj) or obs.error
         apply_openai(obs, obj)
-        if openai_has_content(obj):
-            obs.note_content(now)
+        note_openai_content(obs, obj, now)
 
 
 class OpenAiResponsesSseObserver(SseObserver):
@@ -150,7 +149,8 @@ class OpenAiResponsesSseObserver(SseObserver):
     __slots__ = ()
 
     special = (b"event: response.created", b"event: response.completed", b"event: response.incomplete",
-               b"event: response.failed", b"event: error")
+               b"event: response.failed", b"event: error", b"event: response.reasoning",
+               b"event: response.output_item.added", b"event: response.function_call_arguments.delta")
 
     def content_events(self, part: bytes, events: int) -> int:
         return part.count(b".delta\n")
@@ -158,7 +158,13 @@ class OpenAiResponsesSseObserver(SseObserver):
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
         if event.endswith(b".delta"):
-            obs.note_content(now)
+            obs.note_content(now, thinking=event.startswith(b"response.reasoning"),
+                             tool_call=event == b"response.function_call_arguments.delta")
+        elif event == b"response.output_item.added":
+            obj = self._parse(data)
+            item = obj.get("item") if obj else None
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                obs.tool_calls += 1
         elif event in (b"response.completed", b"response.incomplete"):
             obj = self._parse(data)
             response = obj.get("response") if obj else None
@@ -182,7 +188,8 @@ class AnthropicSseObserver(SseObserver):
 
     __slots__ = ()
 
-    special = (b"event: message_start", b"event: message_delta", b"event: message_stop", b"event: error")
+    special = (b"event: message_start", b"event: message_delta", b"event: message_stop", b"event: error",
+               b"thinking_delta", b"input_json_delta", b'"tool_use"')
 
     def content_events(self, part: bytes, events: int) -> int:
         return part.count(b"event: content_block_delta\n")
@@ -190,7 +197,13 @@ class AnthropicSseObserver(SseObserver):
     def data(self, event: bytes, data: bytes, now: float) -> None:
         obs = self.observation
         if event == b"content_block_delta":
-            obs.note_content(now)
+            delta = _delta_type(self._parse(data)) if b"thinking_delta" in data or b"input_json_delta" in data else ""
+            obs.note_content(now, thinking=delta == "thinking_delta", tool_call=delta == "input_json_delta")
+        elif event == b"content_block_start":
+            obj = self._parse(data) if b"tool_use" in data else None
+            block = obj.get("content_block") if obj else None
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                obs.tool_calls += 1
         elif event == b"message_start":
             obj = self._parse(data)
             message = obj.get("message") if obj else None
@@ -205,3 +218,8 @@ class AnthropicSseObserver(SseObserver):
         elif event == b"error":
             obj = self._parse(data) or {}
             obs.error = error_message(obj) or "error"
+
+
+def _delta_type(obj: dict[str, object] | None) -> str:
+    delta = obj.get("delta") if obj else None
+    return str(delta.get("type") or "") if isinstance(delta, dict) else ""

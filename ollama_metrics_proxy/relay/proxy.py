@@ -94,7 +94,7 @@ class Proxy:
                                          "send an origin-form request target such as /api/tags"))
             return
         path = request.path
-        exchange = Exchange(endpoint=classify(path), method=request.method, path=path,
+        exchange = Exchange(endpoint=classify(path, request.method), method=request.method, path=path,
                             started=self._clock(), client=request.remote, wall_started=time.time())
         if self._client_identity is not None:
             exchange.client_identity = self._client_identity(request.header(self._client_identity.header))

@@ -19,8 +19,12 @@ RECENT_DURATIONS = 10_000  # percentiles are over the most recent requests, so m
 class ModelTotals:
     requests: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     generation_tokens: int = 0
     generation_tokens_estimated: int = 0
+    thinking_chunks: int = 0
+    answer_chunks: int = 0
+    tool_calls: int = 0
     duration_seconds: float = 0.0
     decoded_tokens: int = 0
     eval_seconds: float = 0.0
@@ -41,6 +45,8 @@ class LiveStats:
         self.aborted = 0
         self.ttft_sum = 0.0
         self.ttft_count = 0
+        self.ttfat_sum = 0.0  # time to the first answer chunk, after any thinking
+        self.ttfat_count = 0
         self.models: dict[str, ModelTotals] = {}  # keyed by the bounded model label
         self._durations: deque[float] = deque(maxlen=RECENT_DURATIONS)
 
@@ -61,16 +67,24 @@ class LiveStats:
         if obs.first_content_at is not None and exchange.streaming:
             self.ttft_sum += obs.first_content_at - exchange.started
             self.ttft_count += 1
+        if obs.first_answer_at is not None and exchange.streaming:
+            self.ttfat_sum += obs.first_answer_at - exchange.started
+            self.ttfat_count += 1
         # Only the model's totals: the overall ones are their sum (``totals``), added up when read.
         totals = self.models.get(model_label)
         if totals is None:
             totals = self.models[model_label] = ModelTotals()
         totals.requests += 1
         totals.prompt_tokens += obs.prompt_tokens or 0
+        totals.cached_tokens += obs.cached_tokens or 0
         totals.generation_tokens += generated or 0
         totals.generation_tokens_estimated += (generated or 0) if estimated else 0
+        totals.thinking_chunks += obs.thinking_chunks
+        totals.answer_chunks += obs.content_chunks - obs.thinking_chunks
+        totals.tool_calls += obs.tool_calls
         totals.duration_seconds += duration
-        if obs.eval_seconds is not None:  # decode speed over exactly the requests that timed their decode
+        if obs.eval_seconds is not None and exchange.location == "local":
+            # decode speed over exactly the local requests that timed their decode (a cloud model ran elsewhere)
             totals.decoded_tokens += obs.generation_tokens or 0
             totals.eval_seconds += obs.eval_seconds
         totals.errors += exchange.outcome in ERROR_OUTCOMES
@@ -96,6 +110,7 @@ class LiveStats:
             "requests": totals.requests,
             "in_flight": self.in_flight,
             "prompt_tokens": totals.prompt_tokens,
+            "cached_tokens": totals.cached_tokens,
             "generation_tokens": totals.generation_tokens,
             "generation_tokens_estimated": totals.generation_tokens_estimated,
             "errors": totals.errors,
@@ -106,6 +121,10 @@ class LiveStats:
             "p50_duration_seconds": cut[49] if cut else None,
             "p95_duration_seconds": cut[94] if cut else None,
             "average_ttft_seconds": self.ttft_sum / self.ttft_count if self.ttft_count else None,
+            "average_time_to_first_answer_seconds": self.ttfat_sum / self.ttfat_count if self.ttfat_count else None,
+            "thinking_chunks": totals.thinking_chunks,
+            "answer_chunks": totals.answer_chunks,
+            "tool_calls": totals.tool_calls,
             "models_in_use": sorted(self.models),
         }
 
@@ -116,7 +135,7 @@ class LiveStats:
             ordered = [(name, t) for name, t in ordered if (-t.requests, name) > (-after[0], after[1])]
         rows = ordered[:limit]
         return [
-            {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens,
+            {"name": name, "requests": t.requests, "prompt_tokens": t.prompt_tokens, "cached_tokens": t.cached_tokens,
              "generation_tokens": t.generation_tokens,
              "generation_tokens_estimated": t.generation_tokens_estimated,
              "average_duration_seconds": t.duration_seconds / t.requests,

@@ -50,6 +50,10 @@ def record_for(exchange: Exchange, proxy_name: str) -> UsageRecord:
         load_seconds=obs.load_seconds, prompt_eval_seconds=obs.prompt_eval_seconds, eval_seconds=obs.eval_seconds,
         done_reason=obs.finish_reason, bytes_in=exchange.bytes_in, bytes_out=exchange.bytes_out, proxy=proxy_name,
         generation_tokens_estimated=generated if estimated and generated else 0,
+        ttfat_seconds=None if obs.first_answer_at is None else max(obs.first_answer_at - exchange.started, 0.0),
+        thinking_chunks=obs.thinking_chunks if exchange.streaming else None,
+        answer_chunks=obs.content_chunks - obs.thinking_chunks if exchange.streaming else None,
+        tool_calls=obs.tool_calls, location=exchange.location,
     )
 
 

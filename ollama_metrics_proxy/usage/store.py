@@ -52,6 +52,12 @@ class UsageRecord(NamedTuple):
     response_text: str | None = None
     # Of generation_tokens, how many are estimated from content chunks because the reply reported no count.
     generation_tokens_estimated: int = 0
+    # Streamed replies: the time to the first answer chunk after any thinking, and the chunks of each kind.
+    ttfat_seconds: float | None = None
+    thinking_chunks: int | None = None
+    answer_chunks: int | None = None
+    tool_calls: int | None = None
+    location: str | None = None  # local, or cloud (an Ollama cloud model: no local decode time)
 
 
 COLUMNS = UsageRecord._fields
@@ -86,7 +92,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_started ON requests (started_ms)
     """,
     "ALTER TABLE requests ADD COLUMN generation_tokens_estimated BIGINT NOT NULL DEFAULT 0",
+    """
+    ALTER TABLE requests ADD COLUMN ttfat_seconds DOUBLE PRECISION;
+    ALTER TABLE requests ADD COLUMN thinking_chunks BIGINT;
+    ALTER TABLE requests ADD COLUMN answer_chunks BIGINT;
+    ALTER TABLE requests ADD COLUMN tool_calls BIGINT;
+    ALTER TABLE requests ADD COLUMN location TEXT
+    """,
 )
+LOCAL = "COALESCE(location, 'local') = 'local'"  # rows from before the location column were all local
 
 
 class Connection(Protocol):
@@ -246,10 +260,12 @@ class Store:
             having = "HAVING COUNT(*) < ? OR (COUNT(*) = ? AND {column} > ?) "
             params = [after[0], after[0], after[1]]
         statement = (
-            f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(generation_tokens), 0), "
+            f"SELECT {column}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_tokens), 0), "
+            "COALESCE(SUM(generation_tokens), 0), "
             "COALESCE(SUM(generation_tokens_estimated), 0), AVG(duration_seconds), "
-            "SUM(CASE WHEN eval_seconds IS NOT NULL THEN COALESCE(generation_tokens, 0) ELSE 0 END), "
-            f"SUM(eval_seconds), {_count_of(ERROR_OUTCOMES)}, {_count_of(CLIENT_ERROR_OUTCOMES)}, MAX(started_ms) "
+            f"SUM(CASE WHEN eval_seconds IS NOT NULL AND {LOCAL} THEN COALESCE(generation_tokens, 0) ELSE 0 END), "
+            f"SUM(CASE WHEN {LOCAL} THEN eval_seconds END), "
+            f"{_count_of(ERROR_OUTCOMES)}, {_count_of(CLIENT_ERROR_OUTCOMES)}, MAX(started_ms) "
             f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column} {having.format(column=column)}"
             f"ORDER BY COUNT(*) DESC, {column} LIMIT ?"
         )
@@ -259,12 +275,14 @@ class Store:
             cursor.execute(f"SELECT COUNT(DISTINCT {column}) FROM requests")
             total = int(cursor.fetchone()[0])
             return [
-                {"name": name, "requests": int(n), "prompt_tokens": int(prompt), "generation_tokens": int(generated),
+                {"name": name, "requests": int(n), "prompt_tokens": int(prompt), "cached_tokens": int(cached),
+                 "generation_tokens": int(generated),
                  "generation_tokens_estimated": int(estimated), "average_duration_seconds": float(average or 0),
                  "decode_tokens_per_second": float(decoded) / float(evals) if evals else None,
                  "errors": int(errs), "client_errors": int(client_errs), "error_ratio": int(errs) / int(n),
                  "last_used_ms": int(last)}
-                for name, n, prompt, generated, estimated, average, decoded, evals, errs, client_errs, last in rows
+                for name, n, prompt, cached, generated, estimated, average, decoded, evals, errs, client_errs, last
+                in rows
             ], total
 
     def _filters(self, filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
