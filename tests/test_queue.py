@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ollama_metrics_proxy.app.server import build_registry, start
-from ollama_metrics_proxy.telemetry.collectors import Samplers
+from ollama_metrics_proxy.metrics.families import TrafficMetrics
+from ollama_metrics_proxy.telemetry.collectors import QueueCollector, Samplers
+from ollama_metrics_proxy.telemetry.ollama_state import InstalledModel
 from ollama_metrics_proxy.telemetry.system import OllamaProcessSampler
 from tests.conftest import ProxyUnderTest, config_for
 from tests.queuing_ollama import QueuingOllama
@@ -131,3 +134,40 @@ async def test_the_proxys_own_overhead_is_measured_each_way(queuing: QueuingOlla
                                            model="llama3.2:latest")
     finally:
         await running.stop()
+
+
+async def test_an_ollama_environment_without_the_variables_means_ollamas_defaults(queuing: QueuingOllama) -> None:
+    """Since 0.10 an unset OLLAMA_NUM_PARALLEL is one slot per model (and OLLAMA_MAX_QUEUE 512): a visible
+    environment without them is known, not unknown."""
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)",
+                                                  env={"PATH": "/usr/bin:/bin"})
+    sampler = OllamaProcessSampler(0.05, ollama_pid=server.pid)
+    running = await start(config_for(queuing.url), registry=build_registry(), samplers=Samplers(processes=sampler))
+    proxy = ProxyUnderTest(running)
+    try:
+        await wait_for(lambda: proxy.value("ollama_parallel_slots") == 1)
+        assert proxy.value("ollama_max_queue") == 512
+    finally:
+        await running.stop()
+        server.kill()
+        await server.wait()
+
+
+@pytest.mark.parametrize(("family", "capabilities", "slots"), [
+    ("llama", ["completion", "tools"], 4),
+    ("qwen3vl", ["completion", "vision"], 1),  # families Ollama forces to one slot
+    ("qwen35moe", ["completion"], 1),
+    ("nemotron_h_moe", ["completion"], 1),
+    ("bert", ["embedding"], 1),  # an embedding model, even when asked on a chat route
+])
+def test_each_model_gets_the_slots_that_apply_to_it(family: str, capabilities: list[str], slots: int) -> None:
+    registry = CollectorRegistry()
+    metrics = TrafficMetrics(registry)
+    installed = InstalledModel(name="m:latest", size_bytes=1, family=family, parameter_size="8B",
+                               quantization_level="Q4_K_M", capabilities=tuple(capabilities))
+    registry.register(QueueCollector(metrics.in_flight, None, 4, lambda: [installed]))
+    for _ in range(6):
+        metrics.series("/api/chat", "m:latest").in_flight.inc()
+    assert registry.get_sample_value("ollama_parallel_slots") == 4
+    assert registry.get_sample_value("ollama_model_parallel_slots", {"model": "m:latest"}) == slots
+    assert registry.get_sample_value("ollama_requests_waiting_estimate", {"model": "m:latest"}) == 6 - slots

@@ -155,7 +155,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host,
-                       QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel))
+                       QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel,
+                                      poller.installed_models))
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
         guard = api_guard(config, on_refused=lambda reason: metrics.refused_connections.labels("api", reason).inc())

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from ollama_metrics_proxy.config import Config
 from ollama_metrics_proxy.telemetry.gpu import CLOCK_EVENT_REASONS, GpuReading, GpuSampler
-from ollama_metrics_proxy.telemetry.ollama_state import OllamaStatePoller
+from ollama_metrics_proxy.telemetry.ollama_state import InstalledModel, OllamaStatePoller
 from ollama_metrics_proxy.telemetry.sources import SourceHealth, ThreadedSampler
 from ollama_metrics_proxy.telemetry.system import HostReading, HostSampler, OllamaProcessSampler, process_name
 
@@ -220,20 +220,36 @@ def build_samplers(config: Config) -> Samplers:
 
 
 EMBEDDING_ENDPOINTS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+# Model families whose runner Ollama forces to one parallel slot whatever OLLAMA_NUM_PARALLEL says (server/sched.go;
+# ../shared/reference/ollama-api.md §10). nemotron_h is a prefix: its variants share it.
+SINGLE_SLOT_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2",
+                                  "lfm2moe"})
+SINGLE_SLOT_PREFIXES = ("nemotron_h",)
+
+
+def single_slot(model: InstalledModel | None) -> bool:
+    """Whether Ollama runs this model with one slot: an embedding model, or a family forced to one."""
+    if model is None:
+        return False
+    return ("embedding" in model.capabilities or model.family in SINGLE_SLOT_FAMILIES
+            or model.family.startswith(SINGLE_SLOT_PREFIXES))
 
 
 class QueueCollector(_Described):
-    """Running and waiting at Ollama, per model, from the requests in flight through the proxy and the number of
-    parallel slots: OLLAMA_NUM_PARALLEL from the Ollama server's environment when visible, else
-    --ollama-num-parallel; unknown, the estimate is left out rather than guessed. Requests beyond a runner's slots
-    wait for one without bound, and an embedding model's runner serves one request at a time, so a model seen
-    only on embedding routes has one slot (../shared/reference/ollama-api.md §7.3, citing
-    ollama:envconfig/config.go:274-279 and the scheduler, ollama:server/sched.go)."""
+    """Running and waiting at Ollama, per model, from the requests in flight through the proxy and the parallel
+    slots that apply to each model: OLLAMA_NUM_PARALLEL from the Ollama server's environment when visible (Ollama's
+    default of 1 when it is unset there), else --ollama-num-parallel; unknown, the estimate is left out rather
+    than guessed. Ollama forces one slot on embedding models (by their capabilities in /api/tags, or a model seen
+    only on embedding routes) and on some families (``SINGLE_SLOT_FAMILIES``). Requests beyond a runner's slots
+    wait for one without bound (../shared/reference/ollama-api.md §10, citing ollama:envconfig/config.go and the
+    scheduler, ollama:server/sched.go)."""
 
-    def __init__(self, in_flight: Any, processes: OllamaProcessSampler | None, configured: int | None) -> None:
+    def __init__(self, in_flight: Any, processes: OllamaProcessSampler | None, configured: int | None,
+                 installed: Callable[[], Iterable[InstalledModel]] = tuple) -> None:
         self._in_flight = in_flight
         self._processes = processes
         self._configured = configured
+        self._installed = installed
 
     def settings(self) -> dict[str, int]:
         for reading in (self._processes.snapshot or ()) if self._processes is not None else ():
@@ -259,11 +275,19 @@ class QueueCollector(_Described):
             counts[0] += cell.value
             if endpoint in EMBEDDING_ENDPOINTS:
                 counts[1] += cell.value
+        installed = {model.name: model for model in self._installed()}  # /api/tags names carry their tag
+        model_slots = {model: 1 if (total and embedding == total) or single_slot(installed.get(model)) else slots
+                       for model, (total, embedding) in per_model.items()}
+        yield gauge("ollama_model_parallel_slots",
+                    "Parallel slots the waiting estimate applies to each model in flight: ollama_parallel_slots, "
+                    "or 1 where Ollama forces one (embedding models; the mllama, qwen3vl, qwen35, qwen3next, lfm2 "
+                    "and nemotron_h families).", ["model"],
+                    [((model,), model_slots[model]) for model in per_model])
         yield gauge("ollama_requests_waiting_estimate",
                     "Estimate of the requests waiting in Ollama for a parallel slot, per model: those in flight "
-                    "through the proxy beyond the slots (ollama_parallel_slots; 1 for embedding models).",
-                    ["model"], [((model, ), max(total - (1 if total and embedding == total else slots), 0.0))
-                                for model, (total, embedding) in per_model.items()])
+                    "through the proxy beyond the model's slots (ollama_model_parallel_slots).",
+                    ["model"], [((model, ), max(total - model_slots[model], 0.0))
+                                for model, (total, _) in per_model.items()])
 
 
 def register_telemetry(registry: CollectorRegistry, poller: OllamaStatePoller, gpu: GpuSampler | None,

@@ -44,6 +44,7 @@ class InstalledModel:
     family: str
     parameter_size: str
     quantization_level: str
+    capabilities: tuple[str, ...] = ()  # "completion", "embedding", "tools", "thinking", ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def parse_tags(body: Any) -> tuple[InstalledModel, ...]:
     return tuple(
         InstalledModel(name=model["name"], size_bytes=_int(model.get("size")), family=detail(model, "family"),
                        parameter_size=detail(model, "parameter_size"),
-                       quantization_level=detail(model, "quantization_level"))
+                       quantization_level=detail(model, "quantization_level"),
+                       capabilities=tuple(c for c in model.get("capabilities") or () if isinstance(c, str)))
         for model in _models(body)
     )
 
@@ -119,6 +121,11 @@ class OllamaStatePoller:
         self._previously_loaded: set[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def installed_models(self) -> tuple[InstalledModel, ...]:
+        """The installed models as last polled (none before the first poll or while Ollama is down)."""
+        snapshot = self.snapshot
+        return snapshot.installed if snapshot is not None else ()
 
     @property
     def up(self) -> bool:

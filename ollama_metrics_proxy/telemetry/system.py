@@ -103,21 +103,22 @@ def read_process(process: psutil.Process, role: str) -> ProcessReading | None:
         return None
 
 
-QUEUE_SETTINGS = ("OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_QUEUE")
+# Ollama's own defaults when the variable is unset (since 0.10 one slot per model; ollama:envconfig/config.go).
+QUEUE_SETTINGS = {"OLLAMA_NUM_PARALLEL": 1, "OLLAMA_MAX_QUEUE": 512}
 
 
 def queue_settings(process: psutil.Process) -> dict[str, int]:
-    """OLLAMA_NUM_PARALLEL and OLLAMA_MAX_QUEUE as the Ollama server was started with them; empty when its
-    environment cannot be read (another user's process) or they are unset (Ollama then chooses by itself)."""
+    """OLLAMA_NUM_PARALLEL and OLLAMA_MAX_QUEUE as the Ollama server runs with them: from its environment, or
+    Ollama's defaults for those it leaves unset; empty when the environment cannot be read (another user's
+    process), since then nothing says which apply."""
     try:
         environment = process.environ()
     except (psutil.Error, OSError):
         return {}
     found = {}
-    for name in QUEUE_SETTINGS:
+    for name, default in QUEUE_SETTINGS.items():
         value = environment.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            found[name] = int(value)
+        found[name] = int(value) if value.isdigit() and int(value) > 0 else default
     return found
 
 
