@@ -14,7 +14,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from ollama_metrics_proxy.app.server import build_registry, start
-from ollama_metrics_proxy.metrics.otel import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
+from ollama_metrics_proxy.metrics.otel import DURATION_BUCKETS, TOKEN_BUCKETS, TPOT_BUCKETS, TTFT_BUCKETS
 from tests.conftest import ProxyUnderTest, config_for, serve_app
 from tests.fake_ollama import FakeOllama
 from tests.test_relay import wait_for
@@ -119,6 +119,14 @@ async def test_genai_metrics_reach_an_otlp_receiver_and_agree_with_prometheus(
     assert all(list(point.explicit_bounds) == list(TTFT_BUCKETS) for point in ttft)
     assert sum(p.count for p in ttft) == proxy.value("ollama_time_to_first_token_seconds_count", **chat) == 2
     assert sum(p.sum for p in ttft) == pytest.approx(proxy.value("ollama_time_to_first_token_seconds_sum", **chat))
+
+    # The client conventions' chunk figures: one first-chunk time per streamed request, one value per later chunk.
+    first_chunk = histograms["gen_ai.client.operation.time_to_first_chunk"]
+    assert all(list(point.explicit_bounds) == list(DURATION_BUCKETS) for point in first_chunk)
+    assert sum(p.count for p in first_chunk) == proxy.total("ollama_time_to_first_token_seconds_count") > 0
+    per_chunk = histograms["gen_ai.client.operation.time_per_output_chunk"]
+    assert all(list(point.explicit_bounds) == list(TPOT_BUCKETS) for point in per_chunk)
+    assert sum(p.count for p in per_chunk) == proxy.total("ollama_inter_token_latency_seconds_count") > 0
 
 
 async def test_off_by_default_imports_nothing(fake: FakeOllama) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ollama_metrics_proxy.observe import INTER_TOKEN_BUCKETS, GapCounts
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
 
 # https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-metrics/ (recommended explicit bucket boundaries)
@@ -79,7 +80,9 @@ class GenAiMetrics:
                  for name, boundaries in (("gen_ai.client.token.usage", TOKEN_BUCKETS),
                                           ("gen_ai.server.request.duration", DURATION_BUCKETS),
                                           ("gen_ai.server.time_to_first_token", TTFT_BUCKETS),
-                                          ("gen_ai.server.time_per_output_token", TPOT_BUCKETS))]
+                                          ("gen_ai.server.time_per_output_token", TPOT_BUCKETS),
+                                          ("gen_ai.client.operation.time_to_first_chunk", DURATION_BUCKETS),
+                                          ("gen_ai.client.operation.time_per_output_chunk", TPOT_BUCKETS))]
         resource = Resource.create({"service.name": "ollama-metrics-proxy", "service.version": __version__})
         self._provider = MeterProvider(resource=resource, metric_readers=[reader], views=views)
         meter = self._provider.get_meter("ollama_metrics_proxy", __version__)
@@ -91,6 +94,13 @@ class GenAiMetrics:
                                             description="Time to generate the first token, streamed requests.")
         self._tpot = meter.create_histogram("gen_ai.server.time_per_output_token", unit="s",
                                             description="Time per output token after the first, streamed requests.")
+        # The proxy is also a client of Ollama: the client conventions' chunk figures, as the proxy received them.
+        self._first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time from the request to the first chunk with generated content, streamed requests.")
+        self._per_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            description="Time between consecutive output chunks, one value per chunk after the first.")
 
     def record(self, exchange: Exchange, model: str) -> None:
         operation = OPERATIONS.get(exchange.endpoint)
@@ -110,11 +120,24 @@ class GenAiMetrics:
             self._tokens.record(obs.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
         if generated is not None:
             self._tokens.record(generated, {**attributes, "gen_ai.token.type": "output"})
+        if exchange.streaming and obs.first_content_at is not None:
+            self._first_chunk.record(max(obs.first_content_at - exchange.started, 0.0), attributes)
+            self._record_chunk_gaps(obs.gaps, attributes)
         if exchange.streaming and obs.first_content_at is not None and outcome is Outcome.SUCCESS:
             self._ttft.record(max(obs.first_content_at - exchange.started, 0.0), attributes)
             if obs.content_chunks > 1 and obs.last_content_at is not None:
                 per_token = (obs.last_content_at - obs.first_content_at) / (obs.content_chunks - 1)
                 self._tpot.record(per_token, attributes)
+
+    def _record_chunk_gaps(self, gaps: GapCounts, attributes: dict[str, Any]) -> None:
+        """One value per chunk after the first. The relay keeps a request's gaps as counts per inter-token bucket
+        (no per-chunk list); every boundary the convention gives is one of those buckets' bounds, so each gap is
+        recorded at its bucket's upper bound (a gap too long for the last one at that bound doubled): the
+        convention's bucket counts are exact, the sum an upper bound."""
+        for index, count in enumerate(gaps.counts):
+            value = INTER_TOKEN_BUCKETS[index] if index < len(INTER_TOKEN_BUCKETS) else INTER_TOKEN_BUCKETS[-1] * 2
+            for _ in range(count):
+                self._per_chunk.record(value, attributes)
 
     def shutdown(self) -> None:
         """Push what is recorded and stop (the SDK's own timeouts bound it)."""
