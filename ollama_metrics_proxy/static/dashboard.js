@@ -140,7 +140,9 @@ async function refreshStats() {
   $("t-client-errors").textContent = fmt.int(s.client_errors);
   $("t-aborted").textContent = fmt.int(s.aborted);
   $("t-latency").textContent = `${fmt.secs(s.p50_duration_seconds)} / ${fmt.secs(s.p95_duration_seconds)} s`;
-  $("t-ttft").textContent = s.average_ttft_seconds == null ? "–" : `${fmt.secs(s.average_ttft_seconds)} s`;
+  const first = s.average_ttft_seconds;
+  const answer = s.average_time_to_first_answer_seconds;
+  $("t-ttft").textContent = first == null ? "–" : `${fmt.secs(first)} / ${fmt.secs(answer)} s`;
   $("t-uptime").textContent = fmt.duration(s.uptime_seconds);
   state.logOn = s.request_log === "on";
   for (const el of document.querySelectorAll(".proxy-host")) el.textContent = s.api_address;
@@ -221,7 +223,9 @@ async function refreshLogs() {
     (r) => new Date(r.started_ms).toLocaleTimeString(), (r) => r.endpoint, (r) => r.model || "–",
     (r) => [r.outcome, outcomeClass(r.outcome)],
     (r) => `${fmt.int(r.prompt_tokens)} / ${fmt.int(r.generation_tokens)}${r.generation_tokens_estimated ? " (est.)" : ""}`,
-    (r) => fmt.secs(r.duration_seconds), (r) => fmt.secs(r.ttft_seconds), (r) => r.client_identity || r.client_address || "–",
+    (r) => fmt.secs(r.duration_seconds), (r) => fmt.secs(r.ttft_seconds), (r) => fmt.secs(r.ttfat_seconds),
+    (r) => (r.thinking_chunks == null ? "–" : `${fmt.int(r.thinking_chunks)} / ${fmt.int(r.answer_chunks)}`),
+    (r) => r.client_identity || r.client_address || "–",
   ]);
   state.nextCursor = body.next_cursor;
   $("p-older").disabled = !body.next_cursor;
