@@ -1,4 +1,6 @@
-"""Logging set-up: plain text or one JSON object per line. Prompts and responses are never logged."""
+"""Logging set-up: plain text or one JSON object per line. Prompts and responses are never logged, and every
+line passes through ``redact_text``: a driver's or an HTTP library's message that quotes a URL or a connection
+string (the OTLP exporter's retries, psycopg's connection errors) shows no credential."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import time
 from typing import Any
 
 import orjson
+
+from ollama_metrics_proxy.redact import redact_text
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +26,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return redact_text(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -34,7 +38,7 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-        return line
+        return redact_text(line)
 
 
 class _WorkerField(logging.Filter):

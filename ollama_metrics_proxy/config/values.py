@@ -139,12 +139,14 @@ def parse_otlp_endpoint(text: str) -> str | None:
 def parse_otlp_headers(text: str) -> tuple[tuple[str, str], ...]:
     """``name=value,name2=value2``, as OTEL_EXPORTER_OTLP_HEADERS."""
     headers = {}
-    for item in text.split(","):
+    for number, item in enumerate(text.split(","), start=1):
         if not item.strip():
             continue
         name, equals, value = item.partition("=")
         if not equals or not name.strip():
-            raise ConfigError(f"headers are name=value pairs separated by commas, got {item.strip()!r}")
+            # Never the entry itself: without its "=" a header's value is all there is of it.
+            raise ConfigError(f"headers are name=value pairs separated by commas; entry {number} has no "
+                              f"{'name' if equals else '='}")
         headers[name.strip()] = value.strip()
     return tuple(headers.items())
 

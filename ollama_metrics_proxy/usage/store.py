@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
-from ollama_metrics_proxy.redact import redact_url
+from ollama_metrics_proxy.redact import redact_text, redact_url
 
 # SQLite allows 32766 bound values per statement; 22 columns times 256 rows stays well below.
 ROWS_PER_INSERT = 256
@@ -146,7 +146,7 @@ class Store:
                 self._connection.commit()
             except self.errors as exc:
                 self._reset()
-                raise StoreError(str(exc).strip() or type(exc).__name__) from exc
+                raise StoreError(redact_text(str(exc).strip()) or type(exc).__name__) from exc
 
     def _reset(self) -> None:
         if self._connection is not None:
