@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from ollama_metrics_proxy.app.logs import JsonFormatter, TextFormatter
 from ollama_metrics_proxy.app.server import build_registry, start
-from tests.conftest import config_for
+from tests.conftest import config_for, serve_app
 from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).parent.parent
@@ -65,3 +66,42 @@ async def test_the_usage_api_does_not_show_the_database_password_while_it_is_dow
                 assert "unavailable" in body and SECRET not in body, body
     finally:
         await running.stop()
+
+
+# ---------------------------------------------------------------- 8. the Ollama poller reads without bound
+
+
+async def test_a_poll_reply_that_never_ends_fails_the_poll_at_16_mib() -> None:
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"models":[')
+        piece = b'{"name":"m:latest","size":1},' * 4096
+        while sent < 64 * 2**20:  # bounded here too: the test stops by itself
+            await response.write(piece)
+            sent += len(piece)
+        return response
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.33.0"})
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response({"models": []})
+
+    app = web.Application()
+    app.router.add_get("/api/version", version)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_get("/api/tags", endless)
+    runner, url = await serve_app(app)
+    running = await start(config_for(url, ollama_poll_interval=3600), registry=build_registry())
+    try:
+        await running.poller.poll_once()
+        assert running.poller.snapshot is None and not running.poller.up
+        status = running.poller.health.status
+        assert status.detail is not None and "more than 16 MiB" in status.detail
+    finally:
+        await running.stop()
+        await runner.cleanup()
