@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from ollama_metrics_proxy.app.logs import JsonFormatter, TextFormatter
 from ollama_metrics_proxy.app.server import build_registry, start
+from ollama_metrics_proxy.config.webconfig import load_web_config
+from ollama_metrics_proxy.usage.identity import load_key
+from ollama_metrics_proxy.usage.store import SqliteStore
 from tests.conftest import config_for, serve_app
 from tests.fake_ollama import FakeOllama
 
@@ -105,3 +112,62 @@ async def test_a_poll_reply_that_never_ends_fails_the_poll_at_16_mib() -> None:
     finally:
         await running.stop()
         await runner.cleanup()
+
+
+# ---------------------------------------------------------------- 11. files readable by everyone
+
+
+async def test_the_request_log_and_its_directory_are_private(fake: FakeOllama, tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual umask, which left the log 0644
+    try:
+        database = tmp_path / "data" / "requests.sqlite3"
+        running = await start(config_for(fake.url, log_db=str(database), log_content=True),
+                              registry=build_registry())
+        try:
+            assert running.proxy_address is not None
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"http://127.0.0.1:{running.proxy_address.port}/api/generate",
+                    json={"model": "llama3.2", "prompt": SECRET}) as response:
+                await response.read()
+            assert running.request_log is not None
+            await asyncio.to_thread(running.request_log.flush)
+            files = sorted(database.parent.iterdir())
+            assert {path.name for path in files} >= {"requests.sqlite3", "requests.sqlite3-wal",
+                                                     "requests.sqlite3-shm"}
+            assert stat.S_IMODE(database.parent.stat().st_mode) == 0o700
+            assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+                path.name: 0o600 for path in files}
+        finally:
+            await running.stop()
+    finally:
+        os.umask(old_umask)
+
+
+def test_an_existing_log_readable_by_others_is_made_private(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    database = tmp_path / "requests.sqlite3"
+    database.touch(mode=0o644)
+    os.chmod(database, 0o644)
+    store = SqliteStore(str(database))
+    with store._cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM requests")
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert "readable by other users" in caplog.text
+
+
+def test_a_key_file_others_can_read_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key = tmp_path / "client-identity.key"
+    key.write_text("k" * 64 + "\n")
+    os.chmod(key, 0o644)
+    assert load_key(None, str(tmp_path)) == b"k" * 64
+    assert "can be read by other users" in caplog.text and "chmod 600" in caplog.text
+
+
+def test_a_tls_key_others_can_read_is_warned_about(
+    self_signed: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    cert, key = self_signed
+    os.chmod(key, 0o644)
+    config = tmp_path / "web.yml"
+    config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    load_web_config(str(config))
+    assert "TLS key_file" in caplog.text and "chmod 600" in caplog.text

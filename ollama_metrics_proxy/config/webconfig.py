@@ -21,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import ssl
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ CLIENT_AUTH_TYPES = {
 }
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2,
                 "TLS13": ssl.TLSVersion.TLSv1_3}
+log = logging.getLogger(__name__)
+
 KNOWN_SECTIONS = {"tls_server_config", "basic_auth_users", "http_server_config"}
 MAX_REMEMBERED = 1024
 
@@ -119,8 +122,12 @@ def _ssl_context(tls: Any, base: str, path: str) -> ssl.SSLContext:
     if not isinstance(tls, Mapping) or not tls.get("cert_file") or not tls.get("key_file"):
         raise WebConfigError(f"{path}: tls_server_config needs cert_file and key_file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    key_file = _path(base, tls["key_file"])
     try:
-        context.load_cert_chain(_path(base, tls["cert_file"]), _path(base, tls["key_file"]))
+        context.load_cert_chain(_path(base, tls["cert_file"]), key_file)
+        if os.stat(key_file).st_mode & 0o077:
+            log.warning("TLS key_file %s can be read by other users; make it private: chmod 600 %s", key_file,
+                        key_file)
     except (OSError, ssl.SSLError) as exc:
         raise WebConfigError(f"{path}: cannot load cert_file/key_file: {exc}") from None
     version = tls.get("min_version")

@@ -37,6 +37,12 @@ class ClientIdentity:
         return HASH_PREFIX + digest[:16]
 
 
+def warn_if_readable_by_others(descriptor: int, path: str) -> None:
+    """A secret key that other local users can read is not secret: say so (and how to fix it)."""
+    if os.fstat(descriptor).st_mode & 0o077:
+        log.warning("key file %s can be read by other users; make it private: chmod 600 %s", path, path)
+
+
 def load_key(given: str | None, directory: str) -> bytes:
     """The given key, else the one in ``directory`` (made on first use); a directory that cannot be written
     gets a key for this run only, and a log line saying identities will not match across restarts."""
@@ -46,6 +52,7 @@ def load_key(given: str | None, directory: str) -> bytes:
     try:
         with open(path, "rb") as existing:
             key = existing.read().strip()
+            warn_if_readable_by_others(existing.fileno(), path)
         if key:
             return key
     except FileNotFoundError:
@@ -56,7 +63,7 @@ def load_key(given: str | None, directory: str) -> bytes:
         return secrets.token_hex(32).encode()
     key = secrets.token_hex(32).encode()
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as created:
             created.write(key + b"\n")

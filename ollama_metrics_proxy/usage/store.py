@@ -8,6 +8,7 @@ called from a worker thread (the writer) or through ``asyncio.to_thread`` (the J
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
 from ollama_metrics_proxy.redact import redact_text, redact_url
+
+log = logging.getLogger(__name__)
 
 # SQLite allows 32766 bound values per statement; 22 columns times 256 rows stays well below.
 ROWS_PER_INSERT = 256
@@ -307,15 +310,28 @@ def _count_of(outcomes: Sequence[str]) -> str:
     return f"SUM(CASE WHEN outcome IN ({listed}) THEN 1 ELSE 0 END)"
 
 
+def make_private(path: str) -> None:
+    """Take group and other permissions off a file of the proxy's own that has them (made by an older version
+    or by hand): it may hold prompts and responses."""
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        log.warning("%s was readable by other users; made it private to this user (mode 0600)", path)
+
+
 class SqliteStore(Store):
     busy_timeout_ms = 2000
 
     def connect(self) -> Connection:
         directory = os.path.dirname(os.path.abspath(self.target))
         try:
-            os.makedirs(directory, exist_ok=True)
+            # Private to this user: with --log-content the log holds prompts and responses. SQLite gives its WAL
+            # and shared-memory files the database file's permissions.
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.close(os.open(self.target, os.O_RDWR | os.O_CREAT, 0o600))
+            make_private(self.target)
         except OSError as exc:
-            raise sqlite3.OperationalError(f"cannot create {directory}: {exc.strerror}") from exc
+            raise sqlite3.OperationalError(f"cannot create {self.target}: {exc.strerror}") from exc
         connection = sqlite3.connect(self.target, timeout=self.busy_timeout_ms / 1000, check_same_thread=False)
         # WAL lets the API read while the writer writes; with WAL, synchronous=NORMAL still survives a crash of
         # the proxy (only a power cut can lose the last batches) and saves an fsync per batch.
