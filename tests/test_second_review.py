@@ -17,6 +17,7 @@ from aiohttp import web
 from ollama_metrics_proxy.app.logs import JsonFormatter, TextFormatter
 from ollama_metrics_proxy.app.server import build_registry, start
 from ollama_metrics_proxy.config.webconfig import load_web_config
+from ollama_metrics_proxy.relay.listener import METRICS_MAX_CONNECTIONS
 from ollama_metrics_proxy.usage.identity import load_key
 from ollama_metrics_proxy.usage.store import SqliteStore
 from tests.conftest import config_for, serve_app
@@ -171,3 +172,66 @@ def test_a_tls_key_others_can_read_is_warned_about(
     config.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
     load_web_config(str(config))
     assert "TLS key_file" in caplog.text and "chmod 600" in caplog.text
+
+
+# ---------------------------------------------------------------- 12. the head timeout can be reset
+
+
+async def test_empty_lines_before_the_request_line_do_not_stop_the_head_deadline(fake: FakeOllama) -> None:
+    running = await start(config_for(fake.url, request_head_timeout=0.5, idle_timeout=60),
+                          registry=build_registry())
+    try:
+        assert running.proxy_address is not None and running.metrics_address is not None
+        for port in (running.proxy_address.port, running.metrics_address.port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\r\n\r\n")
+            started = asyncio.get_running_loop().time()
+            closed_after = None
+            for piece in b"GET /api/tags HTTP/1.1\r\n":  # dripped, a byte every 0.1 s
+                writer.write(bytes([piece]))
+                await asyncio.sleep(0.1)
+                if reader.at_eof() or writer.is_closing() or await _closed(reader):
+                    closed_after = asyncio.get_running_loop().time() - started
+                    break
+            writer.close()
+            assert closed_after is not None and closed_after < 2, port
+        refused = running.registry.get_sample_value
+        for listener in ("api", "metrics"):
+            assert refused("ollama_metrics_proxy_refused_connections_total",
+                           {"listener": listener, "reason": "head_timeout"}) == 1
+    finally:
+        await running.stop()
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), timeout=0.001) == b""
+    except TimeoutError:
+        return False
+
+
+# ---------------------------------------------------------------- 4. one client can lock Prometheus out
+
+
+async def test_idle_keep_alive_connections_cannot_keep_a_scrape_out(fake: FakeOllama) -> None:
+    running = await start(config_for(fake.url), registry=build_registry())
+    held: list[asyncio.StreamWriter] = []
+    try:
+        assert running.metrics_address is not None
+        port = running.metrics_address.port
+        for _ in range(METRICS_MAX_CONNECTIONS):  # every slot held by one client's idle keep-alive connection
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            held.append(writer)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    assert response.status == 200
+        evicted = running.registry.get_sample_value("ollama_metrics_proxy_refused_connections_total",
+                                                    {"listener": "metrics", "reason": "evicted_idle"})
+        assert evicted is not None and evicted >= 1
+    finally:
+        for writer in held:
+            writer.close()
+        await running.stop()

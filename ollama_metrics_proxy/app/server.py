@@ -230,7 +230,8 @@ async def _check_request_log(request_log: RequestLog) -> None:
 def guard_for(metrics: TrafficMetrics, listener: str, limit: int, head_timeout: float,
               message: str) -> ConnectionGuard:
     guard = ConnectionGuard(limit, head_timeout, refusal_response(message),
-                            on_refused=lambda reason: metrics.refused_connections.labels(listener, reason).inc())
+                            on_refused=lambda reason: metrics.refused_connections.labels(listener, reason).inc(),
+                            evict_idle=listener == "metrics")
     metrics.open_connections.labels(listener).set_function(lambda: guard.open)
     metrics.max_connections.labels(listener).set(limit)
     return guard

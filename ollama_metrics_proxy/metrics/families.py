@@ -384,7 +384,8 @@ class TrafficMetrics:
         self.refused_connections = Counter(
             "ollama_metrics_proxy_refused_connections_total",
             "Client connections closed by the proxy, by listener and reason: max_connections (answered 503 at "
-            "the cap) or head_timeout (no complete request head in time).", ("listener", "reason"),
+            "the cap), head_timeout (no complete request head in time) or evicted_idle (the metrics listener's "
+            "longest-idle connection, closed at the cap to make room).", ("listener", "reason"),
             registry=registry)
         self.open_connections = Gauge(
             "ollama_metrics_proxy_open_connections", "Client connections open now, by listener.", ("listener",),

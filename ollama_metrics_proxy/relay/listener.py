@@ -31,20 +31,37 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 class ConnectionGuard:
+    """``evict_idle`` (the metrics listener): at the cap, the connection idle the longest is closed to make room,
+    rather than the newcomer refused, so a client holding every slot with idle keep-alive connections cannot
+    keep Prometheus out. The API port refuses instead: its connections are clients' generations."""
+
     def __init__(self, limit: int, head_timeout: float, refusal: bytes,
-                 on_refused: Callable[[str], None] = lambda reason: None) -> None:
+                 on_refused: Callable[[str], None] = lambda reason: None, *, evict_idle: bool = False) -> None:
         self.limit = limit
         self.head_timeout = head_timeout
         self.refusal = refusal
         self.on_refused = on_refused
         self.open = 0
+        self.evict_idle = evict_idle
+        self.connections: dict[_GuardedProtocol, None] = {}  # with evict_idle: the open ones
 
     def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
         return lambda: _GuardedProtocol(self, factory)
 
+    def make_room(self) -> bool:
+        """Close the connection idle the longest (no request in progress); whether there was one."""
+        idle = [protocol for protocol in self.connections if not protocol.busy()]
+        if not idle:
+            return False
+        longest = min(idle, key=lambda protocol: protocol.last_read)
+        self.on_refused("evicted_idle")
+        longest.evict()
+        return True
+
 
 class _GuardedProtocol(asyncio.Protocol):
-    __slots__ = ("_counted", "_factory", "_guard", "_inner", "_tail", "_timer")
+    __slots__ = ("_counted", "_factory", "_guard", "_inner", "_started", "_tail", "_timer", "_transport",
+                 "last_read")
 
     def __init__(self, guard: ConnectionGuard, factory: ProtocolFactory) -> None:
         self._guard = guard
@@ -52,17 +69,24 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
+        self._started = False  # a byte other than CR or LF arrived: the first request line has begun
         self._counted = False
+        self._transport: asyncio.BaseTransport | None = None
+        self.last_read = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
-        if guard.open >= guard.limit:
+        if guard.open >= guard.limit and not (guard.evict_idle and guard.make_room()):
             guard.on_refused("max_connections")
             cast(asyncio.Transport, transport).write(guard.refusal)  # uvloop's transports subclass none of asyncio's
             transport.close()
             return
         guard.open += 1
         self._counted = True
+        if guard.evict_idle:
+            self._transport = transport
+            self.last_read = asyncio.get_running_loop().time()
+            guard.connections[self] = None
         if guard.head_timeout > 0:
             self._timer = asyncio.get_running_loop().call_later(guard.head_timeout, self._head_late, transport)
         self._inner = self._factory()
@@ -70,19 +94,42 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:  # still within the first head: has it ended?
-            joined = self._tail + data
-            if b"\r\n\r\n" in joined or b"\n\n" in joined:
-                self._timer.cancel()
-                self._timer = None
-            else:
-                self._tail = joined[-3:]
+            self._watch_first_head(data)
+        if self._transport is not None:
+            self.last_read = asyncio.get_running_loop().time()
         if self._inner is not None:
             self._inner.data_received(data)
+
+    def _watch_first_head(self, data: bytes) -> None:
+        """Stop the head deadline once the first head is complete. Empty lines before the request line (which
+        servers ignore, RFC 9112 §2.2) are no head: counted as one, a client could send CRLF CRLF first and then
+        drip its head for as long as the idle timeout allowed."""
+        if not self._started:
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
+            self._started = True
+        joined = self._tail + data
+        if b"\r\n\r\n" in joined or b"\n\n" in joined:
+            assert self._timer is not None
+            self._timer.cancel()
+            self._timer = None
+        else:
+            self._tail = joined[-3:]
+
+    def busy(self) -> bool:
+        """A request is being answered (aiohttp's handler marks it; a protocol that does not tell is idle)."""
+        return bool(getattr(self._inner, "_request_in_progress", False))
+
+    def evict(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.connections.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
