@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -150,16 +150,43 @@ def basic_auth(config: WebConfig) -> Middleware:
     return check
 
 
+def client_certificate_check(config: WebConfig) -> Middleware:
+    """--web-config-file's client_allowed_sans: a verified client certificate must also name an allowed SAN."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and config.client_allowed(transport.get_extra_info("peercert")):
+            return await handler(request)
+        return json_response(403, {"error": "this listener's client certificate must name one of "
+                                            "--web-config-file's client_allowed_sans"})
+
+    return check
+
+
+def configured_headers(headers: dict[str, str]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """--web-config-file's http_server_config.headers, on every response (over the proxy's own defaults)."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(headers)
+
+    return add
+
+
 def build_metrics_app(registry: CollectorRegistry, poller: OllamaStatePoller, samplers: Samplers,
                       started_at: float, analytics: Analytics,
                       host_allowed: Callable[[str | None], bool] | None = None,
                       on_refused: Callable[[], None] = lambda: None,
                       web_config: WebConfig | None = None) -> web.Application:
     middlewares = [host_check(host_allowed, on_refused)] if host_allowed is not None else []
+    if web_config is not None and web_config.allowed_sans:
+        middlewares.insert(0, client_certificate_check(web_config))
     if web_config is not None and web_config.users:
         middlewares.append(basic_auth(web_config))
     app = web.Application(middlewares=middlewares)
     app.on_response_prepare.append(add_security_headers)
+    if web_config is not None and web_config.headers:
+        app.on_response_prepare.append(configured_headers(web_config.headers))
     app[REGISTRY_KEY] = registry
     app[POLLER_KEY] = poller
     app[SAMPLERS_KEY] = samplers
