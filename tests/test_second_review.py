@@ -10,6 +10,7 @@ import ssl
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,8 +24,8 @@ from ollama_metrics_proxy.config.webconfig import load_web_config
 from ollama_metrics_proxy.relay.listener import METRICS_MAX_CONNECTIONS
 from ollama_metrics_proxy.usage.identity import load_key
 from ollama_metrics_proxy.usage.store import SqliteStore
-from tests.conftest import config_for, serve_app
-from tests.fake_ollama import FakeOllama
+from tests.conftest import ProxyUnderTest, config_for, serve_app
+from tests.fake_ollama import FakeOllama, Recording
 
 ROOT = Path(__file__).parent.parent
 SECRET = "hunter2-not-for-your-eyes"
@@ -385,3 +386,63 @@ def test_an_unknown_user_is_checked_like_a_known_one(tmp_path: Path, monkeypatch
         assert asyncio.run(config.authorized(basic(user, "wrong"))) is False
     assert len(checked) == 2 and checked[0] == HASH.encode()
     assert checked[1] != HASH.encode() and checked[1][:7] == HASH.encode()[:7]  # a dummy of the same cost
+
+
+# ---------------------------------------------------------------- 6, 7. --openai-usage inject on hostile bodies
+
+
+@pytest.fixture
+async def injecting(fake: FakeOllama) -> AsyncIterator[ProxyUnderTest]:
+    running = await start(config_for(fake.url, openai_usage="inject"), registry=build_registry())
+    yield ProxyUnderTest(running)
+    await running.stop()
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model":"llama3.2","stream":true,"messages":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(("body", "rewritten"), [
+    (nested(300), True),  # deep, but plain: rewritten by insertion, no re-serialising (a 500 before)
+    (nested(5000), False),  # too deep to read: forwarded untouched, Ollama answers it
+    (b'{"model":"llama3.2","stream":true,"stream_options":{"include_usage":"yes"}}', False),  # Ollama's 400
+    (b'{"model":"llama3.2","stream":true,"Stream_Options":{"Include_Usage":true}}', False),  # Go reads it
+    (b'{"model":"llama3.2","Stream":false,"stream":true}', False),  # two keys Go reads as "stream"
+    (b'{"model":"llama3.2","stream":true,"seed":123456789012345678901234567890,"temperature":1E0}', True),
+    (b'{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"' + b"x" * (2 * 2**20)
+     + b'"}]}', False),  # over 1 MiB: streamed through, never held whole
+])
+async def test_inject_rewrites_only_the_plain_case_and_keeps_every_other_byte(
+    fake: FakeOllama, injecting: ProxyUnderTest, body: bytes, rewritten: bool,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+            injecting.url + "/v1/chat/completions", data=body,
+            headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 200
+        await response.read()
+    forwarded = fake.seen[-1].body
+    if rewritten:
+        assert forwarded == b'{"stream_options":{"include_usage":true},' + body[1:]
+    else:
+        assert forwarded == body
+
+
+async def test_an_event_stream_framed_with_crlf_is_never_held_back(
+    fake: FakeOllama, injecting: ProxyUnderTest,
+) -> None:
+    """SSE events separated by CRLF CRLF held the whole stream back (the first byte after 3.2 s)."""
+    events = [b'data: {"id":"c","object":"chat.completion.chunk","model":"llama3.2","choices":[{"index":0,'
+              b'"delta":{"content":"%d"},"finish_reason":null}]}\r\n\r\n' % n for n in range(3)]
+    done = b"data: [DONE]\r\n\r\n"
+    fake.override["/v1/chat/completions"] = Recording("crlf.sse", "text/event-stream", 200,
+                                                       b"".join(events) + done, pieces=(*events, done))
+    fake.gate = asyncio.Event()  # the stream waits after its first event
+    try:
+        async with aiohttp.ClientSession() as http, http.post(
+                injecting.url + "/v1/chat/completions", json={"model": "llama3.2", "stream": True}) as response:
+            first = await asyncio.wait_for(response.content.readuntil(b"\r\n\r\n"), timeout=5)
+            assert first == events[0]
+            fake.gate.set()
+            assert first + await response.read() == fake.override["/v1/chat/completions"].body
+    finally:
+        fake.gate.set()
