@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import os
+import sqlite3
 import ssl
 import stat
 import subprocess
@@ -446,3 +447,31 @@ async def test_an_event_stream_framed_with_crlf_is_never_held_back(
             assert first + await response.read() == fake.override["/v1/chat/completions"].body
     finally:
         fake.gate.set()
+
+
+# ---------------------------------------------------------------- 9. a deleted SQLite file
+
+
+async def test_a_request_log_deleted_while_open_is_made_anew(
+    fake: FakeOllama, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = tmp_path / "requests.sqlite3"
+    running = await start(config_for(fake.url, log_db=str(database)), registry=build_registry())
+    try:
+        assert running.proxy_address is not None and running.request_log is not None
+        url = f"http://127.0.0.1:{running.proxy_address.port}/api/generate"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json={"model": "llama3.2", "stream": False}) as response:
+                await response.read()
+            await asyncio.to_thread(running.request_log.flush)
+            for name in ("requests.sqlite3", "requests.sqlite3-wal", "requests.sqlite3-shm"):
+                os.remove(os.path.join(tmp_path, name))  # logrotate gone wrong, a cleanup script, rm
+            for _ in range(50):
+                async with http.post(url, json={"model": "llama3.2", "stream": False}) as response:
+                    await response.read()
+        await asyncio.to_thread(running.request_log.flush)
+    finally:
+        await running.stop()
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 50
+    assert "was deleted while open" in caplog.text
