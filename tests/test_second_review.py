@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import sqlite3
@@ -475,3 +476,24 @@ async def test_a_request_log_deleted_while_open_is_made_anew(
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 50
     assert "was deleted while open" in caplog.text
+
+
+# ---------------------------------------------------------------- 10. a cursor of the wrong type
+
+
+@pytest.mark.parametrize("cursor", [[True, "llama3.2:latest"], [3, "llama\u0000"], [3, "\ud800"]])
+async def test_a_forged_page_cursor_is_a_400_on_every_database(
+    fake: FakeOllama, log_db: str, cursor: list[object],
+) -> None:
+    running = await start(config_for(fake.url, log_db=log_db, client_header="X-User"), registry=build_registry())
+    try:
+        assert running.metrics_address is not None
+        encoded = base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode().rstrip("=")
+        async with aiohttp.ClientSession() as http:
+            for path in ("/-/models", "/-/clients"):
+                async with http.get(f"http://127.0.0.1:{running.metrics_address.port}{path}",
+                                    params={"cursor": encoded}) as response:
+                    body = await response.json()
+                assert response.status == 400 and "cursor" in body["error"], (path, body)
+    finally:
+        await running.stop()

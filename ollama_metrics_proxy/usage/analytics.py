@@ -210,7 +210,10 @@ def _page_params(request: web.Request) -> tuple[int, tuple[int, str] | None]:
         requests, name = orjson.loads(base64.urlsafe_b64decode(raw.encode() + b"=="))
     except (ValueError, TypeError, orjson.JSONDecodeError):
         requests, name = None, None
-    if not isinstance(requests, int) or not isinstance(name, str) or not 0 <= requests <= _MAX_CURSOR:
+    # Exactly what _page wrote: a count (not a boolean, which is an int to Python and not to PostgreSQL) and a
+    # printable name (PostgreSQL refuses a NUL in text: that was a 503 "database unavailable", not a 400).
+    if (type(requests) is not int or not isinstance(name, str) or not 0 <= requests <= _MAX_CURSOR
+            or len(name) > _MAX_PARAM_LENGTH or not name.isprintable() or _surrogates(name)):
         raise BadParameter("cursor is not one this API returned; pass next_cursor from the previous page")
     return limit, (requests, name)
 
