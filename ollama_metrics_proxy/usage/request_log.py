@@ -115,6 +115,10 @@ class RequestLog:
             captured = (bytes(exchange.captured_request), bytes(exchange.captured_response), exchange.content_type)
         self._pending.append((record_for(exchange, self._proxy_name), captured))
         self._submitted += 1
+        if len(self._pending) % BATCH_SIZE == 0:
+            # A flood fills a batch before the interval is over: write it now, so what a hard kill (kill -9, the
+            # OOM killer) can take, the records still queued, stays within the last half second of requests.
+            self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer."""
@@ -148,7 +152,7 @@ class RequestLog:
                     self._progress.notify_all()
             if self._stopping:
                 return
-            if time.monotonic() >= self._next_retention:
+            if time.monotonic() >= self._next_retention and len(self._pending) < BATCH_SIZE:
                 self._next_retention = time.monotonic() + self._retention_interval
                 self._enforce_retention()
 
