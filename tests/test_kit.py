@@ -205,7 +205,9 @@ def test_promtool_check_rules() -> None:
     rules = sorted(str(path.relative_to(ROOT)) for path in (PROMETHEUS_DIR / "rules").glob("*.yml"))
     result = run(str(PROMTOOL), "check", "rules", *rules)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout and "SUCCESS: 16 rules found" in result.stdout
+    for path in rules:  # promtool read every rule the files hold
+        count = sum(len(group["rules"]) for group in yaml.safe_load((ROOT / path).read_text())["groups"])
+        assert f"Checking {path}\n  SUCCESS: {count} rules found" in result.stdout
 
 
 @needs_promtool

@@ -25,6 +25,7 @@ from ollama_metrics_proxy.metrics.families import TrafficMetrics
 from ollama_metrics_proxy.metrics.labels import ModelLabels
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics, MissingPackage
 from ollama_metrics_proxy.metrics.recorder import Recorder
+from ollama_metrics_proxy.metrics.slo import ServiceLevel
 from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.relay.api_port import (
     CANCEL_WAIT_SECONDS,
@@ -150,7 +151,8 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     live = LiveStats()
     request_log = build_request_log(config, registry)
     otel = build_otel(config)
-    recorder = Recorder(metrics, models, live, request_log, otel)
+    recorder = Recorder(metrics, models, live, request_log, otel,
+                        ServiceLevel(config.slo_ttft, config.slo_tpot))
     session = poller_session(config)
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)

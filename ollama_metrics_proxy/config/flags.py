@@ -38,6 +38,7 @@ from ollama_metrics_proxy.config.values import (
     parse_models_dir,
     parse_non_negative_float,
     parse_optional_pid,
+    parse_optional_seconds,
     parse_otlp_endpoint,
     parse_otlp_headers,
     parse_positive_float,
@@ -79,6 +80,11 @@ OPTIONS: tuple[Option, ...] = (
            "seconds between polls of the upstream's /api/version, /api/ps and /api/tags"),
     Option("event_loop", "--event-loop", parse_event_loop, "auto",
            "auto (uvloop when installed, the faster loop), asyncio (Python's own) or uvloop"),
+    Option("slo_ttft", "--slo-ttft", parse_optional_seconds, "",
+           "goodput: a generation meets its service level only if its time to first token is at most this many "
+           "seconds (ollama_slo_requests_total; off by default)"),
+    Option("slo_tpot", "--slo-tpot", parse_optional_seconds, "",
+           "goodput: ... and its time per output token at most this many seconds (off by default)"),
     Option("log_level", "--log-level", choice(LOG_LEVELS), "info", "debug logs one line per request"),
     Option("log_format", "--log-format", choice(LOG_FORMATS), "text", "text or json (one object per line)"),
     Option("gpu", "--gpu", choice(GPU_MODES), "auto",
@@ -161,8 +167,11 @@ METAVARS = {
     "workers": "N",
     "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
     "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS", "event_loop": "LOOP",
+    "slo_ttft": "SECONDS", "slo_tpot": "SECONDS",
 }
 SHOWN_DEFAULTS = {
+    "slo_ttft": "off",
+    "slo_tpot": "off",
     "ollama_pid": "found by name",
     "models_dir": "$OLLAMA_MODELS, else ~/.ollama/models if it exists",
     "log_db": "requests.sqlite3 under $XDG_DATA_HOME/ollama-metrics-proxy",

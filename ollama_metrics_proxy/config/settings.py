@@ -78,6 +78,8 @@ class Config:
     otlp_interval: float = 60.0
     otlp_headers: tuple[tuple[str, str], ...] = ()
     event_loop: str = "auto"  # auto: uvloop when installed
+    slo_ttft: float | None = None  # --slo-ttft: a generation's time to first token must not exceed it
+    slo_tpot: float | None = None  # --slo-tpot: nor its time per output token
 
     def summary(self) -> dict[str, Any]:
         """The effective configuration, for the start-up log line and --check-config: switches as on/off."""
@@ -120,6 +122,8 @@ class Config:
             "otlp_interval": self.otlp_interval,
             "otlp_headers": ",".join(f"{name}=***" for name, _ in self.otlp_headers) or "none",
             "event_loop": self.event_loop,
+            "slo_ttft": self.slo_ttft if self.slo_ttft is not None else "off",
+            "slo_tpot": self.slo_tpot if self.slo_tpot is not None else "off",
         }
 
 

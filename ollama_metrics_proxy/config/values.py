@@ -192,6 +192,13 @@ def parse_switch(text: str) -> bool:
     raise ConfigError(f"must be on or off, got {text!r}")
 
 
+def parse_optional_seconds(text: str) -> float | None:
+    """Empty: off; else a positive number of seconds."""
+    if not text.strip():
+        return None
+    return parse_positive_float(text)
+
+
 def parse_optional_pid(text: str) -> int | None:
     if not text.strip():
         return None

@@ -260,6 +260,11 @@ class TrafficMetrics:
             "ollama_output_chunks_total",
             "Streamed chunks carrying generated content, by kind: thinking (reasoning before the answer) or "
             "answer (text or tool calls).", (*ENDPOINT_MODEL, "kind"))
+        self.slo_requests = counter(
+            "ollama_slo_requests_total",
+            "Generations judged against --slo-ttft and --slo-tpot (only when one is set): met (a success within "
+            "both) or missed (over either, or failed on the server's side). Client errors and clients that left "
+            "are not judged. Goodput is met over all.", (*ENDPOINT_MODEL, "result"))
         self.tool_calls = counter(
             "ollama_tool_calls_total",
             "Tool calls in the replies (native message.tool_calls, OpenAI tool_calls, Anthropic tool_use blocks, "

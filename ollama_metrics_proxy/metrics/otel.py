@@ -125,8 +125,8 @@ class GenAiMetrics:
             self._record_chunk_gaps(obs.gaps, attributes)
         if exchange.streaming and obs.first_content_at is not None and outcome is Outcome.SUCCESS:
             self._ttft.record(max(obs.first_content_at - exchange.started, 0.0), attributes)
-            if obs.content_chunks > 1 and obs.last_content_at is not None:
-                per_token = (obs.last_content_at - obs.first_content_at) / (obs.content_chunks - 1)
+            per_token = exchange.time_per_output_token()
+            if per_token is not None:
                 self._tpot.record(per_token, attributes)
 
     def _record_chunk_gaps(self, gaps: GapCounts, attributes: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Protocol
 from ollama_metrics_proxy.metrics.families import ModelSeries, TrafficMetrics
 from ollama_metrics_proxy.metrics.labels import NO_MODEL, OTHER, ModelLabels, finish_reason_label
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics
+from ollama_metrics_proxy.metrics.slo import ServiceLevel
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
 from ollama_metrics_proxy.usage.live_stats import LiveStats
@@ -38,8 +39,10 @@ class RequestRecorder(Protocol):
 
 class Recorder:
     def __init__(self, metrics: TrafficMetrics, models: ModelLabels, live: LiveStats | None = None,
-                 request_log: RequestLog | None = None, otel: GenAiMetrics | None = None) -> None:
+                 request_log: RequestLog | None = None, otel: GenAiMetrics | None = None,
+                 service_level: ServiceLevel | None = None) -> None:
         self.metrics = metrics
+        self.service_level = service_level or ServiceLevel()
         self.models = models
         self.live = live if live is not None else LiveStats()
         self.request_log = request_log
@@ -114,6 +117,10 @@ class Recorder:
             _record_load(obs, series)
         else:
             self._record_generation(exchange, series, endpoint, model)
+        if self.service_level.enabled:
+            result = self.service_level.judge(exchange)
+            if result is not None:
+                m.slo_requests.labels(endpoint, model, result).inc()
         if exchange.overhead_request is not None:
             m.overhead.labels("request").observe(exchange.overhead_request)
         if exchange.overhead_response is not None:

@@ -66,6 +66,25 @@ class Exchange:
         """The model the response names, else the one the request named."""
         return self.observation.model or self.request_model
 
+    def time_to_first_token(self) -> float | None:
+        """Streamed: arrival to the first content chunk; not streamed: to the whole reply (nothing shows sooner)."""
+        obs = self.observation
+        if self.streaming:
+            return None if obs.first_content_at is None else max(obs.first_content_at - self.started, 0.0)
+        return max(self.ended - self.started, 0.0) if self.ended else None
+
+    def time_per_output_token(self) -> float | None:
+        """Streamed: the time between the first and last content chunks over the chunks after the first (one
+        token each, as Ollama sends them); not streamed: Ollama's eval_duration over eval_count."""
+        obs = self.observation
+        if self.streaming:
+            if obs.content_chunks > 1 and obs.first_content_at is not None and obs.last_content_at is not None:
+                return (obs.last_content_at - obs.first_content_at) / (obs.content_chunks - 1)
+            return None
+        if obs.eval_seconds is not None and obs.generation_tokens:
+            return obs.eval_seconds / obs.generation_tokens
+        return None
+
     @property
     def location(self) -> str:
         """``cloud`` for a cloud model (run on ollama.com: its tokens cost this GPU nothing), else ``local``."""
