@@ -89,3 +89,22 @@ async def test_without_service_levels_nothing_is_judged(
     async with aiohttp.ClientSession() as http, http.post(proxy.url + "/api/chat", json={"model": "llama3.2"}) as r:
         await r.read()
     assert await proxy.samples("ollama_slo_requests_total") == {}
+
+
+# ---------------------------------------------------------------- context-window use
+
+
+async def test_context_window_use_is_measured_against_the_loaded_models_window(
+    fake: FakeOllama, real_proxy_factory: list[RealProxy],
+) -> None:
+    window = json.loads(ROUTES[("/api/ps", False)].body)["models"][0]["context_length"]
+    final = json.loads(ROUTES[("/api/chat", True)].body.splitlines()[-1])
+    proxy = await start_real(fake.url)
+    real_proxy_factory.append(proxy)
+    await asyncio.sleep(0.5)  # a poll of /api/ps has run
+    async with aiohttp.ClientSession() as http, http.post(proxy.url + "/api/chat", json={"model": "llama3.2"}) as r:
+        await r.read()
+    sums = await proxy.samples("ollama_context_window_usage_ratio_sum")
+    labels = '{endpoint="/api/chat",model="llama3.2:latest",part="%s"}'
+    assert sums[labels % "prompt"] == pytest.approx(final["prompt_eval_count"] / window)
+    assert sums[labels % "total"] == pytest.approx((final["prompt_eval_count"] + final["eval_count"]) / window)

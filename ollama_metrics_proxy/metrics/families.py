@@ -48,6 +48,8 @@ QUEUE_WAIT_BUCKETS = (
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )
 ENDPOINT_MODEL = ("endpoint", "model")
+# Shares of the context window; past 1 the prompt did not fit and Ollama truncated it.
+CONTEXT_USAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0, 1.5, 2.0)
 
 # One series per counter is enough: `_created` samples would double the series count for no query we need.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -260,6 +262,12 @@ class TrafficMetrics:
             "ollama_output_chunks_total",
             "Streamed chunks carrying generated content, by kind: thinking (reasoning before the answer) or "
             "answer (text or tool calls).", (*ENDPOINT_MODEL, "kind"))
+        self.context_usage = histogram(
+            "ollama_context_window_usage_ratio",
+            "Generations: the share of the loaded model's context window (/api/ps context_length) the request "
+            "used, part=prompt (prompt tokens) or part=total (prompt and generated). Near 1, Ollama drops the "
+            "oldest history silently (truncate) or stops with done_reason length; raise num_ctx.",
+            CONTEXT_USAGE_BUCKETS, (*ENDPOINT_MODEL, "part"))
         self.slo_requests = counter(
             "ollama_slo_requests_total",
             "Generations judged against --slo-ttft and --slo-tpot (only when one is set): met (a success within "

@@ -7,6 +7,7 @@ in metrics code cannot break a request that has already been relayed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from ollama_metrics_proxy.metrics.families import ModelSeries, TrafficMetrics
@@ -40,8 +41,10 @@ class RequestRecorder(Protocol):
 class Recorder:
     def __init__(self, metrics: TrafficMetrics, models: ModelLabels, live: LiveStats | None = None,
                  request_log: RequestLog | None = None, otel: GenAiMetrics | None = None,
-                 service_level: ServiceLevel | None = None) -> None:
+                 service_level: ServiceLevel | None = None,
+                 context_length: Callable[[str], int | None] = lambda model: None) -> None:
         self.metrics = metrics
+        self.context_length = context_length  # of a loaded model, by its label: Ollama's state poller
         self.service_level = service_level or ServiceLevel()
         self.models = models
         self.live = live if live is not None else LiveStats()
@@ -147,6 +150,7 @@ class Recorder:
                     obs.content_chunks - obs.thinking_chunks)
         if obs.tool_calls:
             series.tool_calls.inc(obs.tool_calls)
+        self._record_context_usage(obs, endpoint, model)
         if obs.gaps.observations:
             series.inter_token_latency.merge(obs.gaps.counts, obs.gaps.total)
         if obs.finish_reason:
@@ -167,6 +171,15 @@ class Recorder:
         wait = obs.queue_wait_estimate()
         if wait is not None:
             series.queue_wait.observe(wait)
+
+
+    def _record_context_usage(self, obs: Observation, endpoint: str, model: str) -> None:
+        window = self.context_length(model) if obs.prompt_tokens is not None else None
+        if not window or obs.prompt_tokens is None:
+            return
+        usage = self.metrics.context_usage
+        usage.labels(endpoint, model, "prompt").observe(obs.prompt_tokens / window)
+        usage.labels(endpoint, model, "total").observe((obs.prompt_tokens + (obs.generation_tokens or 0)) / window)
 
 
 def _record_load(obs: Observation, series: ModelSeries) -> None:

@@ -125,6 +125,14 @@ class OllamaStatePoller:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
+    def context_length(self, model: str) -> int | None:
+        """The context window a loaded model runs with (/api/ps ``context_length``), None when not loaded."""
+        snapshot = self.snapshot
+        for loaded in snapshot.loaded if snapshot is not None else ():
+            if loaded.name == model:
+                return loaded.context_length
+        return None
+
     def installed_models(self) -> tuple[InstalledModel, ...]:
         """The installed models as last polled (none before the first poll or while Ollama is down)."""
         snapshot = self.snapshot
