@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ollama_metrics_proxy.telemetry.system import runner_args
 from tests.conftest import started_addresses
 from tests.fake_ollama import ROUTES, FakeOllama
 
@@ -108,3 +109,65 @@ async def test_context_window_use_is_measured_against_the_loaded_models_window(
     labels = '{endpoint="/api/chat",model="llama3.2:latest",part="%s"}'
     assert sums[labels % "prompt"] == pytest.approx(final["prompt_eval_count"] / window)
     assert sums[labels % "total"] == pytest.approx((final["prompt_eval_count"] + final["eval_count"]) / window)
+
+
+# ---------------------------------------------------------------- real slot counts
+
+
+async def test_runner_slots_and_context_come_from_the_runner_command_line(
+    fake: FakeOllama, real_proxy_factory: list[RealProxy], tmp_path: Path,
+) -> None:
+    """A stand-in Ollama server whose child is a stand-in runner started as Ollama 0.30+ starts llama-server."""
+    loaded = json.loads(ROUTES[("/api/ps", False)].body)["models"][0]
+    blob = tmp_path / "models" / "blobs" / f"sha256-{loaded['digest']}"
+    runner = [sys.executable, "-c", "import time; time.sleep(120)", "--model", str(blob), "--ctx-size", "8192",
+              "--parallel", "3", "--port", "40001"]
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", f"import subprocess, time; subprocess.Popen({runner!r}); time.sleep(120)",
+        env={"PATH": "/usr/bin:/bin", "OLLAMA_NUM_PARALLEL": "1"})
+    try:
+        proxy = await start_real(fake.url, "--ollama-pid", str(server.pid), "--system-interval", "0.2")
+        real_proxy_factory.append(proxy)
+        model = f'{{model="{loaded["name"]}"}}'
+        for _ in range(100):
+            slots = await proxy.samples("ollama_runner_parallel_slots")
+            if slots:
+                break
+            await asyncio.sleep(0.1)
+        assert slots == {model: 3.0}
+        assert await proxy.samples("ollama_runner_context_size") == {model: 8192.0}
+        # The runner's three slots, not the environment's one, decide how many requests wait.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(proxy.url + "/api/chat", json={"model": "llama3.2"}) as response:
+                await response.read()
+            fake.gate = asyncio.Event()
+            held = [asyncio.create_task(http.post(proxy.url + "/api/chat", json={"model": "llama3.2"}))
+                    for _ in range(4)]
+            for _ in range(100):
+                if (await proxy.samples("ollama_requests_in_flight")).get(
+                        '{endpoint="/api/chat",model="llama3.2:latest"}') == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert await proxy.samples("ollama_model_parallel_slots") == {model: 3.0}
+            assert await proxy.samples("ollama_requests_waiting_estimate") == {model: 1.0}
+            fake.gate.set()
+            for response in await asyncio.gather(*held):
+                await response.read()
+    finally:
+        fake.gate = None
+        server.kill()
+        await server.wait()
+
+
+@pytest.mark.parametrize(("cmdline", "expected"), [
+    (["/usr/lib/ollama/llama-server", "--model", "/m/blobs/sha256-" + "a" * 64, "--ctx-size", "4096",
+      "--parallel", "2", "--port", "1"], ("a" * 64, 2, 4096)),
+    (["llama-server", "-m", "/m/blobs/sha256-" + "b" * 64, "-c", "32768", "-np", "4"], ("b" * 64, 4, 32768)),
+    (["ollama", "runner", "--model=/m/blobs/sha256-" + "c" * 64, "--ctx-size=2048"], ("c" * 64, None, 2048)),
+    (["ollama", "serve"], None),
+])
+def test_runner_command_lines_are_read_in_every_spelling(
+    cmdline: list[str], expected: tuple[str, int | None, int] | None,
+) -> None:
+    found = runner_args(cmdline)
+    assert (None if found is None else (found.digest, found.parallel, found.context_size)) == expected

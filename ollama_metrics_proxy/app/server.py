@@ -159,7 +159,7 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     recorder.context_length = poller.context_length
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host,
                        QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel,
-                                      poller.installed_models))
+                                      poller.installed_models, poller.loaded_models))
     running = RunningProxy(config, registry, recorder, poller, session, upstream, samplers, request_log)
     try:
         guard = api_guard(config, on_refused=lambda reason: metrics.refused_connections.labels("api", reason).inc())

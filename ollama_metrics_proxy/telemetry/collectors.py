@@ -18,9 +18,15 @@ from prometheus_client.registry import Collector
 
 from ollama_metrics_proxy.config import Config
 from ollama_metrics_proxy.telemetry.gpu import CLOCK_EVENT_REASONS, GpuReading, GpuSampler
-from ollama_metrics_proxy.telemetry.ollama_state import InstalledModel, OllamaStatePoller
+from ollama_metrics_proxy.telemetry.ollama_state import InstalledModel, LoadedModel, OllamaStatePoller
 from ollama_metrics_proxy.telemetry.sources import SourceHealth, ThreadedSampler
-from ollama_metrics_proxy.telemetry.system import HostReading, HostSampler, OllamaProcessSampler, process_name
+from ollama_metrics_proxy.telemetry.system import (
+    HostReading,
+    HostSampler,
+    OllamaProcessSampler,
+    RunnerArgs,
+    process_name,
+)
 
 GPU_LABELS = ("gpu", "uuid")
 
@@ -227,6 +233,17 @@ SINGLE_SLOT_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "
 SINGLE_SLOT_PREFIXES = ("nemotron_h",)
 
 
+def slots_for(model: str, runners: dict[str, RunnerArgs], installed: dict[str, InstalledModel], configured: int | None,
+              *, only_embedding: bool) -> int | None:
+    """The slots that apply to one model: what its runner was started with (a fact), else Ollama's rule."""
+    runner = runners.get(model)
+    if runner is not None and runner.parallel:
+        return runner.parallel
+    if only_embedding or single_slot(installed.get(model)):
+        return 1
+    return configured
+
+
 def single_slot(model: InstalledModel | None) -> bool:
     """Whether Ollama runs this model with one slot: an embedding model, or a family forced to one."""
     if model is None:
@@ -245,11 +262,23 @@ class QueueCollector(_Described):
     scheduler, ollama:server/sched.go)."""
 
     def __init__(self, in_flight: Any, processes: OllamaProcessSampler | None, configured: int | None,
-                 installed: Callable[[], Iterable[InstalledModel]] = tuple) -> None:
+                 installed: Callable[[], Iterable[InstalledModel]] = tuple,
+                 loaded: Callable[[], Iterable[LoadedModel]] = tuple) -> None:
         self._in_flight = in_flight
         self._processes = processes
         self._configured = configured
         self._installed = installed
+        self._loaded = loaded
+
+    def runners(self) -> dict[str, RunnerArgs]:
+        """Each loaded model's runner, matched by the blob digest its command line names and /api/ps gives."""
+        by_digest = {model.digest: model.name for model in self._loaded() if model.digest}
+        found = {}
+        for reading in (self._processes.snapshot or ()) if self._processes is not None else ():
+            runner = reading.runner
+            if runner is not None and runner.digest in by_digest:
+                found[by_digest[runner.digest]] = runner
+        return found
 
     def settings(self) -> dict[str, int]:
         for reading in (self._processes.snapshot or ()) if self._processes is not None else ():
@@ -260,13 +289,23 @@ class QueueCollector(_Described):
     def collect(self) -> Iterable[Metric]:
         settings = self.settings()
         slots = settings.get("OLLAMA_NUM_PARALLEL")
+        runners = self.runners()
+        yield gauge("ollama_runner_parallel_slots",
+                    "Parallel slots of each loaded model's runner, read from its command line (--parallel; Ollama "
+                    "0.30+), where the proxy sees Ollama's processes.", ["model"],
+                    [((model,), runner.parallel) for model, runner in runners.items() if runner.parallel])
+        yield gauge("ollama_runner_context_size",
+                    "Context size in tokens of each loaded model's runner, read from its command line (--ctx-size).",
+                    ["model"], [((model,), runner.context_size) for model, runner in runners.items()
+                                if runner.context_size])
         if "OLLAMA_MAX_QUEUE" in settings:
             yield gauge("ollama_max_queue", "OLLAMA_MAX_QUEUE: requests needing a model load that Ollama queues "
                         "before answering 503 server busy.", samples=[((), settings["OLLAMA_MAX_QUEUE"])])
-        if slots is None:
+        if slots is None and not runners:
             return
-        yield gauge("ollama_parallel_slots", "OLLAMA_NUM_PARALLEL: requests a loaded model serves at once "
-                    "(embedding models: 1).", samples=[((), slots)])
+        if slots is not None:
+            yield gauge("ollama_parallel_slots", "OLLAMA_NUM_PARALLEL: requests a loaded model serves at once "
+                        "(embedding models: 1).", samples=[((), slots)])
         per_model: dict[str, list[float]] = {}
         for (endpoint, model), cell in self._in_flight._items():
             if model in ("", "none"):
@@ -276,18 +315,19 @@ class QueueCollector(_Described):
             if endpoint in EMBEDDING_ENDPOINTS:
                 counts[1] += cell.value
         installed = {model.name: model for model in self._installed()}  # /api/tags names carry their tag
-        model_slots = {model: 1 if (total and embedding == total) or single_slot(installed.get(model)) else slots
+        model_slots = {model: slots_for(model, runners, installed, slots, only_embedding=bool(total and
+                                                                                     embedding == total))
                        for model, (total, embedding) in per_model.items()}
+        known = {model: count for model, count in model_slots.items() if count is not None}
         yield gauge("ollama_model_parallel_slots",
-                    "Parallel slots the waiting estimate applies to each model in flight: ollama_parallel_slots, "
-                    "or 1 where Ollama forces one (embedding models; the mllama, qwen3vl, qwen35, qwen3next, lfm2 "
-                    "and nemotron_h families).", ["model"],
-                    [((model,), model_slots[model]) for model in per_model])
+                    "Parallel slots the waiting estimate applies to each model in flight: its runner's (read from "
+                    "its command line) where seen, else ollama_parallel_slots, or 1 where Ollama forces one "
+                    "(embedding models; the mllama, qwen3vl, qwen35, qwen3next, lfm2 and nemotron_h families).",
+                    ["model"], [((model,), count) for model, count in known.items()])
         yield gauge("ollama_requests_waiting_estimate",
                     "Estimate of the requests waiting in Ollama for a parallel slot, per model: those in flight "
                     "through the proxy beyond the model's slots (ollama_model_parallel_slots).",
-                    ["model"], [((model, ), max(total - model_slots[model], 0.0))
-                                for model, (total, _) in per_model.items()])
+                    ["model"], [((model, ), max(per_model[model][0] - count, 0.0)) for model, count in known.items()])
 
 
 def register_telemetry(registry: CollectorRegistry, poller: OllamaStatePoller, gpu: GpuSampler | None,

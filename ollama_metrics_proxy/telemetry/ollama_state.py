@@ -38,6 +38,7 @@ class LoadedModel:
     vram_bytes: int
     context_length: int | None
     expires_at: float | None  # unix time; the keep-alive deadline
+    digest: str = ""  # the model blob's sha256, as the runner's command line names it
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def parse_ps(body: Any) -> tuple[LoadedModel, ...]:
         LoadedModel(
             name=model["name"], size_bytes=_int(model.get("size")), vram_bytes=_int(model.get("size_vram")),
             context_length=_int(model.get("context_length")) or None, expires_at=parse_time(model.get("expires_at")),
+            digest=model["digest"] if isinstance(model.get("digest"), str) else "",
         )
         for model in _models(body)
     )
@@ -132,6 +134,10 @@ class OllamaStatePoller:
             if loaded.name == model:
                 return loaded.context_length
         return None
+
+    def loaded_models(self) -> tuple[LoadedModel, ...]:
+        snapshot = self.snapshot
+        return snapshot.loaded if snapshot is not None else ()
 
     def installed_models(self) -> tuple[InstalledModel, ...]:
         """The installed models as last polled (none before the first poll or while Ollama is down)."""

@@ -5,6 +5,7 @@ The proxy's own process is not covered here: prometheus_client's process collect
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import psutil
@@ -13,6 +14,43 @@ from ollama_metrics_proxy.telemetry.sources import SourceUnavailable, ThreadedSa
 
 SERVER_NAMES = frozenset({"ollama", "ollama.exe"})
 RUNNER_NAMES = frozenset({"ollama_llama_server", "llama-server", "ollama-runner"})
+
+
+@dataclass(frozen=True)
+class RunnerArgs:
+    """What a model runner's command line says (Ollama 0.30+ starts one llama-server per loaded model):
+    ``--model …/blobs/sha256-<digest> --ctx-size N --parallel N`` (``-m``, ``-c``, ``-np``; ``--flag=value`` too)."""
+
+    digest: str | None
+    parallel: int | None
+    context_size: int | None
+
+
+_RUNNER_FLAGS = {"--model": "model", "-m": "model", "--ctx-size": "ctx", "-c": "ctx", "--parallel": "parallel",
+                 "-np": "parallel"}
+_BLOB_DIGEST = re.compile(r"sha256[-:]([0-9a-f]{64})$")
+
+
+def runner_args(cmdline: list[str]) -> RunnerArgs | None:
+    """The runner's model digest, slots and context size; None for a command line naming none of them."""
+    values: dict[str, str] = {}
+    for index, argument in enumerate(cmdline):
+        flag, equals, value = argument.partition("=")
+        key = _RUNNER_FLAGS.get(flag)
+        if key is None:
+            continue
+        if not equals:
+            value = cmdline[index + 1] if index + 1 < len(cmdline) else ""
+        values[key] = value
+    if not values:
+        return None
+    digest = _BLOB_DIGEST.search(values.get("model", ""))
+    return RunnerArgs(digest=digest[1] if digest else None, parallel=_positive(values.get("parallel")),
+                      context_size=_positive(values.get("ctx")))
+
+
+def _positive(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and int(text) > 0 else None
 
 
 @dataclass(frozen=True)
@@ -26,6 +64,7 @@ class ProcessReading:
     start_time_seconds: float
     # The server's queueing settings, from its environment when visible (OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE).
     settings: dict[str, int] = field(default_factory=dict)
+    runner: RunnerArgs | None = None  # a runner's model, slots and context size, from its command line
 
 
 @dataclass(frozen=True)
@@ -96,6 +135,7 @@ def read_process(process: psutil.Process, role: str) -> ProcessReading | None:
                 resident_memory_bytes=process.memory_info().rss,
                 threads=process.num_threads(), start_time_seconds=process.create_time(),
                 settings=queue_settings(process) if role == "server" else {},
+                runner=runner_args(_cmdline(process)) if role == "runner" else None,
             )
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None  # exited between listing and reading
@@ -104,6 +144,13 @@ def read_process(process: psutil.Process, role: str) -> ProcessReading | None:
 
 
 # Ollama's own defaults when the variable is unset (since 0.10 one slot per model; ollama:envconfig/config.go).
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except (psutil.Error, OSError):
+        return []
+
+
 QUEUE_SETTINGS = {"OLLAMA_NUM_PARALLEL": 1, "OLLAMA_MAX_QUEUE": 512}
 
 
