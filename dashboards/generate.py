@@ -144,6 +144,38 @@ def overview() -> dict[str, Any]:
              f"sum(ollama_models_loaded{{{INST}}})"),
         stat(layout, "GPU utilization", "Average share of time a kernel ran, over every GPU.", "percentunit",
              f"avg(ollama_gpu_utilization_ratio{{{INST}}})", min=0, max=1),
+        # The operations row: what to change on the server, read together. Each says what to do when it is red.
+        panel(layout, "Operations: slots busy and waiting",
+              "Per model: requests running in a parallel slot, requests waiting for one (an estimate), and the "
+              "slots the model has (its runner's --parallel where seen). Waiting above zero for long: raise "
+              "OLLAMA_NUM_PARALLEL (it costs VRAM per slot) or add a server.", "short",
+              [(f"sum by (model) (ollama_requests_in_flight{{{SEL}}}) - sum by (model) "
+                f"(ollama_requests_waiting_estimate{{{SEL}}})", "busy {{model}}"),
+               (f"sum by (model) (ollama_requests_waiting_estimate{{{SEL}}})", "waiting {{model}}"),
+               (f"max by (model) (ollama_model_parallel_slots{{{SEL}}})", "slots {{model}}")], width=6),
+        panel(layout, "Operations: goodput",
+              "Share of generations that met --slo-ttft and --slo-tpot. Under 90%: see the slots panel (queueing: "
+              "OLLAMA_NUM_PARALLEL), the loads panel (reloads: OLLAMA_KEEP_ALIVE) and decode speed.",
+              "percentunit",
+              [(f'sum by (model) (rate(ollama_slo_requests_total{{{ESEL}, result="met"}}[{RI}])) / '
+                f"sum by (model) (rate(ollama_slo_requests_total{{{ESEL}}}[{RI}]))", "{{model}}")],
+              width=6, defaults={"min": 0, "max": 1}),
+        panel(layout, "Operations: model loads",
+              "Models loaded into memory per interval. A steady stream is thrashing: raise OLLAMA_KEEP_ALIVE, "
+              "OLLAMA_MAX_LOADED_MODELS, or keep clients on one num_ctx (a different num_ctx reloads the model).",
+              "short", [(f"sum by (model) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))", "{{model}}")],
+              width=6),
+        panel(layout, "Operations: context window use",
+              "p95 share of the loaded model's context window a request used (prompt and generated). Near 1, "
+              "Ollama drops history silently or stops at the limit: raise num_ctx (OLLAMA_CONTEXT_LENGTH).",
+              "percentunit",
+              [(f"histogram_quantile(0.95, sum by (model, le) (rate(ollama_context_window_usage_ratio_bucket"
+                f'{{{ESEL}, part="total"}}[{RI}])))', "{{model}}")], width=6, defaults={"min": 0}),
+        panel(layout, "Operations: GPU throttling",
+              "1 while NVML holds a GPU's clocks down, by reason: thermal or power. Red: check cooling and the "
+              "power limit (nvidia-smi -q -d PERFORMANCE); decode speed drops with it.", "short",
+              [(f"max by (gpu, reason) (ollama_gpu_clock_throttled{{{INST}}})", "GPU {{gpu}} {{reason}}")],
+              width=6),
         panel(layout, "Request rate by model and outcome",
               "Requests per second relayed to Ollama, split by model and by how they ended.", "reqps",
               [(f"sum by (model, outcome) (rate(ollama_requests_total{{{SEL}}}[{RI}]))", "{{model}} {{outcome}}")]),

@@ -140,7 +140,8 @@ async def full_proxy(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[ProxyUnd
         processes=OllamaProcessSampler(0.05, ollama_pid=server.pid),
         host=HostSampler(0.05, models_dir=str(tmp_path)),
     )
-    running = await start(config_for(fake.url, ollama_poll_interval=3600, log_db=str(tmp_path / "log.db")),
+    running = await start(config_for(fake.url, ollama_poll_interval=3600, log_db=str(tmp_path / "log.db"),
+                                     slo_ttft=60.0, slo_tpot=5.0),
                           registry=build_registry(),
                           samplers=samplers)
     try:
