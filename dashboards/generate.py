@@ -161,10 +161,11 @@ def overview() -> dict[str, Any]:
                 f"sum by (model) (rate(ollama_slo_requests_total{{{ESEL}}}[{RI}]))", "{{model}}")],
               width=6, defaults={"min": 0, "max": 1}),
         panel(layout, "Operations: model loads",
-              "Models loaded into memory per interval. A steady stream is thrashing: raise OLLAMA_KEEP_ALIVE, "
-              "OLLAMA_MAX_LOADED_MODELS, or keep clients on one num_ctx (a different num_ctx reloads the model).",
-              "short", [(f"sum by (model) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))", "{{model}}")],
-              width=6),
+              "Model loads requests reported, by cause. expired: raise OLLAMA_KEEP_ALIVE; not_loaded, steady: "
+              "raise OLLAMA_MAX_LOADED_MODELS (if VRAM allows); options_changed: keep clients on one num_ctx "
+              "(a different num_ctx reloads the model).",
+              "short", [(f"sum by (model, cause) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))",
+                         "{{model}} {{cause}}")], width=6),
         panel(layout, "Operations: context window use",
               "p95 share of the loaded model's context window a request used (prompt and generated). Near 1, "
               "Ollama drops history silently or stops at the limit: raise num_ctx (OLLAMA_CONTEXT_LENGTH).",
@@ -275,7 +276,7 @@ def overview() -> dict[str, Any]:
               defaults={"min": 0, "max": 1}),
         panel(layout, "Model loads and unloads",
               "Models appearing in and leaving Ollama's memory; a steady stream means thrashing.", "short",
-              [(f"sum by (model) (increase(ollama_model_loads_total{{{SEL}}}[{RI}]))", "load {{model}}"),
+              [(f"sum by (model) (increase(ollama_model_appearances_total{{{SEL}}}[{RI}]))", "load {{model}}"),
                (f"sum by (model) (increase(ollama_model_unloads_total{{{SEL}}}[{RI}]))", "unload {{model}}")]),
         panel(layout, "Ollama processes: CPU",
               "CPU used by the Ollama server and its model runners, in cores.", "short",

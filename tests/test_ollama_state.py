@@ -56,10 +56,10 @@ async def test_loaded_and_installed_models(fake: FakeOllama, quiet_proxy: ProxyU
 async def test_loads_unloads_and_removed_series(fake: FakeOllama, quiet_proxy: ProxyUnderTest) -> None:
     proxy, poller = quiet_proxy, quiet_proxy.running.poller
     await poller.poll_once()  # llama3.2 was loaded before the proxy started: not a load
-    assert proxy.value("ollama_model_loads_total", **LLAMA) == 0
+    assert proxy.value("ollama_model_appearances_total", **LLAMA) == 0
     fake.override["/api/ps"] = rec("ps_two.json")
     await poller.poll_once()
-    assert proxy.value("ollama_model_loads_total", **MINILM) == 1
+    assert proxy.value("ollama_model_appearances_total", **MINILM) == 1
     assert proxy.value("ollama_model_context_length", **MINILM) == 512
     fake.override["/api/ps"] = rec("ps_empty.json")
     fake.override["/api/tags"] = rec("tags_one.json")

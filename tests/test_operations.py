@@ -14,7 +14,7 @@ import pytest
 
 from ollama_metrics_proxy.telemetry.system import runner_args
 from tests.conftest import started_addresses
-from tests.fake_ollama import ROUTES, FakeOllama
+from tests.fake_ollama import ROUTES, FakeOllama, Recording
 
 ROOT = Path(__file__).parent.parent
 
@@ -171,3 +171,44 @@ def test_runner_command_lines_are_read_in_every_spelling(
 ) -> None:
     found = runner_args(cmdline)
     assert (None if found is None else (found.digest, found.parallel, found.context_size)) == expected
+
+
+# ---------------------------------------------------------------- why models load
+
+
+def generation(model: str, load_ns: int) -> Recording:
+    """A whole /api/generate reply as Ollama sends it, reporting a load of ``load_ns``."""
+    reply = {"model": model, "created_at": "2026-12-03T20:00:00Z", "response": "Hi", "done": True,
+             "done_reason": "stop", "total_duration": load_ns + 90_000_000, "load_duration": load_ns,
+             "prompt_eval_count": 5, "prompt_eval_duration": 10_000_000, "eval_count": 2, "eval_duration": 80_000_000}
+    return Recording("generate.json", "application/json; charset=utf-8", 200, json.dumps(reply).encode())
+
+
+async def test_each_reported_load_is_counted_with_its_cause(
+    fake: FakeOllama, real_proxy_factory: list[RealProxy],
+) -> None:
+    ps = {"models": [
+        {"name": "llama3.2:latest", "model": "llama3.2:latest", "size": 1, "digest": "a" * 64, "size_vram": 1,
+         "context_length": 4096, "expires_at": "2099-01-01T00:00:00Z", "details": {}},
+        {"name": "qwen3:8b", "model": "qwen3:8b", "size": 1, "digest": "b" * 64, "size_vram": 1,
+         "context_length": 8192, "expires_at": "2001-01-01T00:00:00Z", "details": {}},  # keep-alive ran out
+    ]}
+    fake.override["/api/ps"] = Recording("ps.json", "application/json; charset=utf-8", 200, json.dumps(ps).encode())
+    proxy = await start_real(fake.url)
+    real_proxy_factory.append(proxy)
+    await asyncio.sleep(0.6)  # polls of /api/ps and /api/tags have run
+    asks = [  # (model, options, load reported in ns, expected cause)
+        ("llama3.2:latest", {"num_ctx": 16384}, 2_000_000_000, "options_changed"),  # loaded with 4096
+        ("llama3.2:latest", {"num_ctx": 4096}, 3_000_000, None),  # loaded as asked: no load
+        ("llama3.2:latest", {}, 1_500_000_000, "unknown"),  # loaded, same options, yet a load: evicted
+        ("qwen3:8b", {}, 1_000_000_000, "expired"),
+        ("mistral:latest", {}, 4_000_000_000, "not_loaded"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for model, options, load_ns, _ in asks:
+            fake.override["/api/generate"] = generation(model, load_ns)
+            body = {"model": model, "prompt": "hi", "stream": False, "options": options}
+            async with http.post(proxy.url + "/api/generate", json=body) as response:
+                await response.read()
+    expected = {f'{{cause="{cause}",model="{model}"}}': 1.0 for model, _, _, cause in asks if cause}
+    assert await proxy.samples("ollama_model_loads_total") == expected

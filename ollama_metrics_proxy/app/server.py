@@ -157,6 +157,7 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
     recorder.context_length = poller.context_length
+    recorder.model_state = poller.model_state
     register_telemetry(registry, poller, samplers.gpu, samplers.processes, samplers.host,
                        QueueCollector(metrics.in_flight, samplers.processes, config.ollama_num_parallel,
                                       poller.installed_models, poller.loaded_models))

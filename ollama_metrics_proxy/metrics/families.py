@@ -268,6 +268,11 @@ class TrafficMetrics:
             "used, part=prompt (prompt tokens) or part=total (prompt and generated). Near 1, Ollama drops the "
             "oldest history silently (truncate) or stops with done_reason length; raise num_ctx.",
             CONTEXT_USAGE_BUCKETS, (*ENDPOINT_MODEL, "part"))
+        self.model_loads = counter(
+            "ollama_model_loads_total",
+            "Model loads reported by requests through the proxy (a load_duration of 0.25 s or more), by cause: "
+            "not_loaded (absent from /api/ps), expired (its keep-alive had run out), options_changed (the request "
+            "asked a num_ctx other than the loaded one: Ollama reloads), unknown.", ("model", "cause"))
         self.slo_requests = counter(
             "ollama_slo_requests_total",
             "Generations judged against --slo-ttft and --slo-tpot (only when one is set): met (a success within "

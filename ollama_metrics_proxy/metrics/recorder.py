@@ -10,12 +10,15 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from ollama_metrics_proxy.endpoints import is_inference
 from ollama_metrics_proxy.metrics.families import ModelSeries, TrafficMetrics
 from ollama_metrics_proxy.metrics.labels import NO_MODEL, OTHER, ModelLabels, finish_reason_label
+from ollama_metrics_proxy.metrics.loads import load_cause
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics
 from ollama_metrics_proxy.metrics.slo import ServiceLevel
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
+from ollama_metrics_proxy.observe.extract import normalize_model
 from ollama_metrics_proxy.usage.live_stats import LiveStats
 from ollama_metrics_proxy.usage.request_log import RequestLog
 
@@ -42,9 +45,11 @@ class Recorder:
     def __init__(self, metrics: TrafficMetrics, models: ModelLabels, live: LiveStats | None = None,
                  request_log: RequestLog | None = None, otel: GenAiMetrics | None = None,
                  service_level: ServiceLevel | None = None,
-                 context_length: Callable[[str], int | None] = lambda model: None) -> None:
+                 context_length: Callable[[str], int | None] = lambda model: None,
+                 model_state: Callable[[str], tuple[str, int | None]] = lambda model: ("unknown", None)) -> None:
         self.metrics = metrics
         self.context_length = context_length  # of a loaded model, by its label: Ollama's state poller
+        self.model_state = model_state  # loaded (with its context length), expired, absent: the same poller
         self.service_level = service_level or ServiceLevel()
         self.models = models
         self.live = live if live is not None else LiveStats()
@@ -60,6 +65,8 @@ class Recorder:
         try:
             label = self.models.resolve(exchange.request_model, may_add=False)
             self.metrics.series(exchange.endpoint, label).in_flight.inc()
+            if exchange.request_model and is_inference(exchange.endpoint):
+                exchange.model_state = self.model_state(normalize_model(exchange.request_model))
             self.live.request_started(exchange)
             return label
         except Exception:
@@ -115,6 +122,9 @@ class Recorder:
         series.duration.observe(max(exchange.ended - exchange.started, 0.0))
         if outcome is Outcome.ABORTED:
             m.client_disconnects.labels(endpoint, model, exchange.disconnect_phase.value).inc()
+        cause = load_cause(exchange, exchange.model_state)
+        if cause is not None:
+            m.model_loads.labels(model, cause).inc()
         if obs.lifecycle:  # a model load or unload: no generation to measure, only the load itself
             m.load_requests.labels(endpoint, model, obs.finish_reason or "").inc()
             _record_load(obs, series)

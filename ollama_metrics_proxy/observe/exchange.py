@@ -46,6 +46,10 @@ class Exchange:
     client_identity: str | None = None
     wall_started: float = 0.0  # unix time, for the request log
     usage_injected: bool = False  # --openai-usage inject added include_usage to this request
+    request_num_ctx: int | None = None  # options.num_ctx, when the request's first bytes name it
+    # The model's state in Ollama when the request arrived (Ollama's state poller): loaded (and its context length),
+    # expired, absent or unknown; decides why a load the reply reports happened.
+    model_state: tuple[str, int | None] | None = None
     # The time the proxy itself added: head received to request written upstream, and upstream response head
     # to the response head written to the client (None when the request never got that far).
     overhead_request: float | None = None

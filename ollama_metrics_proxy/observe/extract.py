@@ -14,6 +14,7 @@ import orjson
 from ollama_metrics_proxy.observe.observation import Observation
 
 NANOSECONDS = 1e9
+_NUM_CTX_FIELD = re.compile(rb'"num_ctx"\s*:\s*(\d{1,9})\b')
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 
 
@@ -22,6 +23,14 @@ def normalize_model(name: str) -> str:
     name = name.strip()
     last_segment = name.rsplit("/", 1)[-1]
     return name if ":" in last_segment else f"{name}:latest"
+
+
+def find_num_ctx(data: bytes | bytearray) -> int | None:
+    """``options.num_ctx`` from a request's raw JSON bytes (a runner option: a different one reloads the model)."""
+    if b'"num_ctx"' not in data:
+        return None
+    match = _NUM_CTX_FIELD.search(data)
+    return int(match.group(1)) if match else None
 
 
 def find_model(data: bytes | bytearray) -> str | None:

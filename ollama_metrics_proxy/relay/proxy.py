@@ -21,7 +21,7 @@ from ollama_metrics_proxy.metrics.recorder import RequestRecorder
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome, client_left, outcome_for_response
-from ollama_metrics_proxy.observe.extract import find_model
+from ollama_metrics_proxy.observe.extract import find_model, find_num_ctx
 from ollama_metrics_proxy.relay.openai_usage import (
     INJECT_ENDPOINTS,
     MAX_REWRITTEN_BODY,
@@ -281,6 +281,7 @@ class RequestBody:
         self._note(self._first)
         if self._exchange.endpoint != BLOBS:  # uploads are model weights, not JSON
             self._exchange.request_model = find_model(self._first[:MODEL_SNIFF_BYTES])
+            self._exchange.request_num_ctx = find_num_ctx(self._first)
 
     async def add_include_usage(self) -> bool:
         """``--openai-usage inject``: ask a streamed OpenAI request for usage; True when the body was rewritten.

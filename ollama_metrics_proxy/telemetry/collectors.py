@@ -64,7 +64,8 @@ class OllamaStateCollector(_Described):
         poller = self._poller
         yield gauge("ollama_up", "1 when the last poll of Ollama's /api/version, /api/ps and /api/tags succeeded.",
                     samples=[((), 1.0 if poller.up else 0.0)])
-        yield counter("ollama_model_loads_total", "Models that appeared in /api/ps between two polls.",
+        yield counter("ollama_model_appearances_total", "Models that appeared in /api/ps between two polls (loads by "
+                      "any client; ollama_model_loads_total has those of requests through the proxy, by cause).",
                       ["model"], [((name,), count) for name, count in sorted(poller.loads.items())])
         yield counter("ollama_model_unloads_total", "Models that left /api/ps between two polls.",
                       ["model"], [((name,), count) for name, count in sorted(poller.unloads.items())])

@@ -124,6 +124,7 @@ class OllamaStatePoller:
         self._interval = interval
         self._on_installed = on_installed
         self._previously_loaded: set[str] | None = None
+        self._last_expiry: dict[str, float] = {}  # each model's keep-alive deadline when last seen loaded
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -188,7 +189,26 @@ class OllamaStatePoller:
         self.health.succeeded()
         self.checked_at = time.time()
 
+    def model_state(self, model: str) -> tuple[str, int | None]:
+        """Whether a model is loaded now, as the last poll saw it: ``("loaded", its context length)``,
+        ``("expired", None)`` (it was unloaded after its keep-alive ran out, or is past it), ``("absent", None)``
+        (not loaded, or evicted), or ``("unknown", None)`` before any poll succeeded."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return "unknown", None
+        now = time.time()
+        for loaded in snapshot.loaded:
+            if loaded.name == model:
+                expired = loaded.expires_at is not None and loaded.expires_at <= now
+                return ("expired", None) if expired else ("loaded", loaded.context_length)
+        expiry = self._last_expiry.get(model)
+        return ("expired", None) if expiry is not None and expiry <= now else ("absent", None)
+
     def _count_loads(self, loaded: Iterable[LoadedModel]) -> None:
+        loaded = tuple(loaded)
+        for model in loaded:
+            if model.expires_at is not None:
+                self._last_expiry[model.name] = model.expires_at
         current = {model.name for model in loaded}
         if self._previously_loaded is not None:
             for name in current - self._previously_loaded:
