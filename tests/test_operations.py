@@ -8,12 +8,16 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from ollama_metrics_proxy.relay.tracecontext import TraceStarter, parse_traceparent
 from ollama_metrics_proxy.telemetry.system import runner_args
-from tests.conftest import started_addresses
+from tests.conftest import serve_app, started_addresses
 from tests.fake_ollama import ROUTES, FakeOllama, Recording
 
 ROOT = Path(__file__).parent.parent
@@ -212,3 +216,105 @@ async def test_each_reported_load_is_counted_with_its_cause(
                 await response.read()
     expected = {f'{{cause="{cause}",model="{model}"}}': 1.0 for model, _, _, cause in asks if cause}
     assert await proxy.samples("ollama_model_loads_total") == expected
+
+
+# ---------------------------------------------------------------- a trace per request
+
+
+class TraceReceiver:
+    """A real OTLP/HTTP receiver: decodes what the proxy pushes to /v1/traces (metrics are accepted and ignored)."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._traces)
+        app.router.add_post("/v1/metrics", self._ignored)
+        self.runner, url = await serve_app(app)
+        return url
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        self.spans += [span for resource in message.resource_spans for scope in resource.scope_spans
+                       for span in scope.spans]
+        return web.Response(status=200, content_type="application/x-protobuf")
+
+    async def _ignored(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200, content_type="application/x-protobuf")
+
+
+def span_attributes(span: Any) -> dict[str, Any]:
+    values = {}
+    for item in span.attributes:
+        kind = item.value.WhichOneof("value")
+        value = getattr(item.value, kind)
+        values[item.key] = [v.string_value for v in value.values] if kind == "array_value" else value
+    return values
+
+
+async def test_each_sampled_request_is_a_span_in_the_callers_trace_with_ollamas_phases(
+    fake: FakeOllama,
+) -> None:
+    receiver = TraceReceiver()
+    collector = await receiver.start()
+    proxy = await start_real(fake.url, "--otlp-endpoint", collector, "--otlp-trace-sample-ratio", "0")
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for flags in ("01", "00", None):  # sampled by the caller, not sampled, no trace (ratio 0: not sampled)
+                headers = {"traceparent": f"00-{caller_trace}-{caller_span}-{flags}"} if flags else {}
+                async with http.post(proxy.url + "/api/chat", json={"model": "llama3.2"}, headers=headers) as r:
+                    await r.read()
+    finally:
+        proxy.process.terminate()  # a stop pushes the spans still batched
+        await proxy.process.wait()
+        await receiver.runner.cleanup()
+    sent = [seen.headers.get("traceparent") or seen.headers.get("Traceparent") for seen in fake.seen
+            if seen.path_qs == "/api/chat"]
+    assert len(sent) == 3 and all(value and value.startswith("00-") for value in sent)
+    # Ollama is told this request's own span, in the caller's trace, with the caller's sampled flag.
+    assert sent[0].split("-")[1] == caller_trace and sent[0].split("-")[2] != caller_span and sent[0].endswith("-01")
+    assert sent[1].split("-")[1] == caller_trace and sent[1].endswith("-00")
+    assert sent[2].split("-")[1] != caller_trace and sent[2].endswith("-00")
+
+    final = json.loads(ROUTES[("/api/chat", True)].body.splitlines()[-1])
+    roots = [span for span in receiver.spans if span.name.startswith("chat ")]
+    assert len(roots) == 1  # only the sampled request
+    root = roots[0]
+    assert root.trace_id.hex() == caller_trace and root.parent_span_id.hex() == caller_span
+    assert root.span_id.hex() == sent[0].split("-")[2]
+    assert root.name == "chat llama3.2:latest"
+    attributes = span_attributes(root)
+    assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.request.model"] == "llama3.2:latest"
+    assert attributes["gen_ai.usage.input_tokens"] == final["prompt_eval_count"]
+    assert attributes["gen_ai.usage.output_tokens"] == final["eval_count"]
+    assert attributes["gen_ai.response.finish_reasons"] == [final["done_reason"]]
+    children = {span.name: span for span in receiver.spans if span.parent_span_id == root.span_id}
+    assert {"ollama.load", "ollama.prompt_eval", "ollama.decode"} <= set(children)
+    for name, field in (("ollama.load", "load_duration"), ("ollama.prompt_eval", "prompt_eval_duration"),
+                        ("ollama.decode", "eval_duration")):
+        span = children[name]
+        assert span.trace_id == root.trace_id
+        assert span.end_time_unix_nano - span.start_time_unix_nano == pytest.approx(final[field], abs=1000)
+    assert children["ollama.decode"].end_time_unix_nano == root.end_time_unix_nano
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+     (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, True)),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+     (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, False)),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # an all-zero trace id is invalid
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # version ff is invalid
+    ("garbage", None),
+])
+def test_traceparent_headers_are_read_as_w3c_says(header: str, expected: tuple[int, int, bool] | None) -> None:
+    assert parse_traceparent(header) == expected
+
+
+def test_the_sample_ratio_decides_new_traces() -> None:
+    assert all(TraceStarter(1.0).start(None)[3] for _ in range(50))
+    assert not any(TraceStarter(0.0).start(None)[3] for _ in range(50))

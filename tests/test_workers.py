@@ -266,7 +266,8 @@ def exchange_with_every_field_set() -> Exchange:
                                  "bytes_out": 9, "client": "10.0.0.2", "client_identity": "team-a",
                                  "wall_started": 1_700_000_000.5, "usage_injected": True, "overhead_request": 0.001,
                                  "overhead_response": 0.002, "captured_request": bytearray(b"{}"),
-                                 "captured_response": bytearray(b"{\"done\":true}")}
+                                 "captured_response": bytearray(b"{\"done\":true}"), "request_num_ctx": 8192,
+                                 "model_state": ("loaded", 4096), "trace": (1, 2, 3, True)}
     assert set(values) | {"observation"} == {f.name for f in dataclasses.fields(Exchange)}
     exchange = Exchange(**values)  # type: ignore[arg-type]
     observation = exchange.observation

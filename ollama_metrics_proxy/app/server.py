@@ -26,6 +26,7 @@ from ollama_metrics_proxy.metrics.labels import ModelLabels
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics, MissingPackage
 from ollama_metrics_proxy.metrics.recorder import Recorder
 from ollama_metrics_proxy.metrics.slo import ServiceLevel
+from ollama_metrics_proxy.metrics.tracing import RequestTracer
 from ollama_metrics_proxy.redact import redact_url
 from ollama_metrics_proxy.relay.api_port import (
     CANCEL_WAIT_SECONDS,
@@ -134,6 +135,8 @@ class RunningProxy:
             await asyncio.to_thread(self.request_log.stop, REQUEST_LOG_STOP_SECONDS)
         if self.recorder.otel is not None:  # one last push
             await asyncio.to_thread(self.recorder.otel.shutdown)
+        if self.recorder.tracer is not None:  # the spans still batched
+            await asyncio.to_thread(self.recorder.tracer.shutdown)
         self.upstream.close()
         await self.session.close()
 
@@ -152,7 +155,7 @@ async def start(config: Config, registry: CollectorRegistry | None = None,
     request_log = build_request_log(config, registry)
     otel = build_otel(config)
     recorder = Recorder(metrics, models, live, request_log, otel,
-                        ServiceLevel(config.slo_ttft, config.slo_tpot))
+                        ServiceLevel(config.slo_ttft, config.slo_tpot), tracer=build_tracer(config))
     session = poller_session(config)
     upstream = UpstreamClient(config.upstream, config.connect_timeout)
     poller = OllamaStatePoller(config.upstream, session, config.ollama_poll_interval, on_installed=models.admit)
@@ -207,6 +210,15 @@ def build_otel(config: Config) -> GenAiMetrics | None:
         return None  # nothing of OpenTelemetry is imported: Prometheus alone costs the relay nothing more
     try:
         return GenAiMetrics(config.otlp_endpoint, config.otlp_interval, dict(config.otlp_headers))
+    except MissingPackage as exc:
+        raise StartupError(str(exc)) from None
+
+
+def build_tracer(config: Config) -> RequestTracer | None:
+    if config.otlp_endpoint is None:
+        return None
+    try:
+        return RequestTracer(config.otlp_endpoint, dict(config.otlp_headers))
     except MissingPackage as exc:
         raise StartupError(str(exc)) from None
 

@@ -43,6 +43,7 @@ from ollama_metrics_proxy.config.values import (
     parse_otlp_headers,
     parse_positive_float,
     parse_positive_int,
+    parse_ratio,
     parse_secret,
     parse_switch,
     parse_upstream,
@@ -123,6 +124,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("otlp_headers", "--otlp-headers", parse_otlp_headers, "",
            "headers for the OTLP pushes, name=value pairs separated by commas (authentication). Prefer the "
            "variable"),
+    Option("otlp_trace_sample_ratio", "--otlp-trace-sample-ratio", parse_ratio, "1",
+           "with --otlp-endpoint, the share of requests without a sampled flag of their own (an incoming "
+           "traceparent's is respected) that become spans, 0 to 1"),
     Option("web_config_file", "--web-config-file", parse_web_config_file, "",
            "TLS and basic authentication for the metrics listener, in the Prometheus exporter-toolkit "
            "web-config format (tls_server_config, basic_auth_users with bcrypt hashes)"),
@@ -167,7 +171,7 @@ METAVARS = {
     "workers": "N",
     "request_head_timeout": "SECONDS", "web_config_file": "PATH", "ollama_num_parallel": "N",
     "otlp_endpoint": "URL", "otlp_interval": "SECONDS", "otlp_headers": "HEADERS", "event_loop": "LOOP",
-    "slo_ttft": "SECONDS", "slo_tpot": "SECONDS",
+    "slo_ttft": "SECONDS", "slo_tpot": "SECONDS", "otlp_trace_sample_ratio": "RATIO",
 }
 SHOWN_DEFAULTS = {
     "slo_ttft": "off",

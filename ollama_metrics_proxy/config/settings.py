@@ -77,6 +77,7 @@ class Config:
     otlp_endpoint: str | None = None
     otlp_interval: float = 60.0
     otlp_headers: tuple[tuple[str, str], ...] = ()
+    otlp_trace_sample_ratio: float = 1.0  # requests without a sampled flag of their own
     event_loop: str = "auto"  # auto: uvloop when installed
     slo_ttft: float | None = None  # --slo-ttft: a generation's time to first token must not exceed it
     slo_tpot: float | None = None  # --slo-tpot: nor its time per output token
@@ -121,6 +122,7 @@ class Config:
             "otlp_endpoint": redact_url(self.otlp_endpoint) if self.otlp_endpoint else "off",
             "otlp_interval": self.otlp_interval,
             "otlp_headers": ",".join(f"{name}=***" for name, _ in self.otlp_headers) or "none",
+            "otlp_trace_sample_ratio": self.otlp_trace_sample_ratio,
             "event_loop": self.event_loop,
             "slo_ttft": self.slo_ttft if self.slo_ttft is not None else "off",
             "slo_tpot": self.slo_tpot if self.slo_tpot is not None else "off",

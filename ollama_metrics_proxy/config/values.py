@@ -192,6 +192,16 @@ def parse_switch(text: str) -> bool:
     raise ConfigError(f"must be on or off, got {text!r}")
 
 
+def parse_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
 def parse_optional_seconds(text: str) -> float | None:
     """Empty: off; else a positive number of seconds."""
     if not text.strip():

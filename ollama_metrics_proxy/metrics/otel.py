@@ -42,13 +42,23 @@ class MissingPackage(RuntimeError):
 
 
 def metrics_target(endpoint: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
-    """The URL and headers to push to. A collector's base URL gets OTLP's metrics path, as
-    OTEL_EXPORTER_OTLP_ENDPOINT does; a URL that already names a path is used as it is
-    (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT). Credentials in the URL become Basic authentication (unless an
-    Authorization header is given), so the URL the exporter holds, and may log, carries no secret."""
+    return signal_target(endpoint, headers, "/v1/metrics")
+
+
+def signal_target(endpoint: str, headers: Mapping[str, str], signal_path: str) -> tuple[str, dict[str, str]]:
+    """The URL and headers to push one signal to. A collector's base URL gets OTLP's path for the signal
+    (``/v1/metrics``, ``/v1/traces``), as OTEL_EXPORTER_OTLP_ENDPOINT does; a URL naming one signal's path gets
+    the other signal's in its place; any other path is used as it is (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT).
+    Credentials in the URL become Basic authentication (unless an Authorization header is given), so the URL the
+    exporter holds, and may log, carries no secret."""
     parts = urlsplit(endpoint)
     netloc = parts.netloc.rpartition("@")[2]
-    path = parts.path if parts.path.strip("/") else "/v1/metrics"
+    path = parts.path.rstrip("/")
+    known = next((suffix for suffix in ("/v1/metrics", "/v1/traces") if path.endswith(suffix)), None)
+    if known is not None:
+        path = path[: -len(known)] + signal_path
+    elif not path or signal_path != "/v1/metrics":  # a base path: the signal's path below it
+        path += signal_path
     url = urlunsplit((parts.scheme, netloc, path, parts.query, ""))
     result = dict(headers)
     if parts.username and not any(name.lower() == "authorization" for name in result):

@@ -16,6 +16,7 @@ from ollama_metrics_proxy.metrics.labels import NO_MODEL, OTHER, ModelLabels, fi
 from ollama_metrics_proxy.metrics.loads import load_cause
 from ollama_metrics_proxy.metrics.otel import GenAiMetrics
 from ollama_metrics_proxy.metrics.slo import ServiceLevel
+from ollama_metrics_proxy.metrics.tracing import RequestTracer
 from ollama_metrics_proxy.observe import Observation
 from ollama_metrics_proxy.observe.exchange import Exchange, Outcome
 from ollama_metrics_proxy.observe.extract import normalize_model
@@ -46,7 +47,8 @@ class Recorder:
                  request_log: RequestLog | None = None, otel: GenAiMetrics | None = None,
                  service_level: ServiceLevel | None = None,
                  context_length: Callable[[str], int | None] = lambda model: None,
-                 model_state: Callable[[str], tuple[str, int | None]] = lambda model: ("unknown", None)) -> None:
+                 model_state: Callable[[str], tuple[str, int | None]] = lambda model: ("unknown", None),
+                 tracer: RequestTracer | None = None) -> None:
         self.metrics = metrics
         self.context_length = context_length  # of a loaded model, by its label: Ollama's state poller
         self.model_state = model_state  # loaded (with its context length), expired, absent: the same poller
@@ -55,6 +57,7 @@ class Recorder:
         self.live = live if live is not None else LiveStats()
         self.request_log = request_log
         self.otel = otel  # --otlp-endpoint: None, and never touched, unless asked for
+        self.tracer = tracer  # likewise: a span per sampled inference request
         self._located: set[str] = set()  # model labels whose location series is set (bounded as the labels are)
 
     def start(self, exchange: Exchange) -> str:
@@ -87,6 +90,11 @@ class Recorder:
                 self.otel.record(exchange, model)
             except Exception:
                 self._internal_error("otel")
+        if self.tracer is not None and model and exchange.trace is not None:
+            try:
+                self.tracer.record(exchange, model)
+            except Exception:
+                self._internal_error("tracing")
         if self.request_log is not None:
             try:
                 self.request_log.submit(exchange)

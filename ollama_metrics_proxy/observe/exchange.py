@@ -50,6 +50,8 @@ class Exchange:
     # The model's state in Ollama when the request arrived (Ollama's state poller): loaded (and its context length),
     # expired, absent or unknown; decides why a load the reply reports happened.
     model_state: tuple[str, int | None] | None = None
+    # --otlp-endpoint: (trace id, span id, the caller's span id or 0, sampled), settled at arrival.
+    trace: tuple[int, int, int, bool] | None = None
     # The time the proxy itself added: head received to request written upstream, and upstream response head
     # to the response head written to the client (None when the request never got that far).
     overhead_request: float | None = None

@@ -4,7 +4,8 @@
 - ``proxy``: one exchange end to end: classify the endpoint, forward, relay the reply while an observer reads it,
   hand the finished ``Exchange`` to the recorder;
 - ``hosts`` (the Host check against DNS rebinding), ``listener`` (the connection cap and head deadline),
-  ``openai_usage`` (``--openai-usage inject``), ``api_port`` (the port put together), ``workers`` (the
+  ``openai_usage`` (``--openai-usage inject``), ``tracecontext`` (W3C ``traceparent`` in and out),
+  ``api_port`` (the port put together), ``workers`` (the
   ``--workers`` processes that share it).
 
 May import: the top-level helpers, ``config``, ``upstream``, ``observe``, ``usage`` and ``metrics``. Only ``app``

@@ -19,6 +19,7 @@ from ollama_metrics_proxy.relay.front import FrontServer
 from ollama_metrics_proxy.relay.hosts import AllowedHosts, is_loopback, remembered
 from ollama_metrics_proxy.relay.listener import ConnectionGuard, default_max_connections, refusal_response
 from ollama_metrics_proxy.relay.proxy import Proxy
+from ollama_metrics_proxy.relay.tracecontext import TraceStarter
 from ollama_metrics_proxy.upstream import UpstreamClient
 from ollama_metrics_proxy.usage.identity import ClientIdentity, load_key
 
@@ -66,7 +67,8 @@ async def open_api_port(config: Config, recorder: RequestRecorder, upstream: Ups
     proxy = Proxy(upstream, recorder, client_identity=build_client_identity(config),
                   capture_content=config.log_content and config.log_db is not None,
                   inject_openai_usage=config.openai_usage == "inject",
-                  host_allowed=api_host_check(config))
+                  host_allowed=api_host_check(config),
+                  tracing=TraceStarter(config.otlp_trace_sample_ratio) if config.otlp_endpoint else None)
     # One handler for every path, on the proxy's own lean HTTP/1.1 server (``front``).
     server = FrontServer(proxy.handle, config.idle_timeout)
     try:

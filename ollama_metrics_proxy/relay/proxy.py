@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
-from ollama_metrics_proxy.endpoints import BLOBS, classify
+from ollama_metrics_proxy.endpoints import BLOBS, classify, is_inference
 from ollama_metrics_proxy.metrics.recorder import RequestRecorder
 from ollama_metrics_proxy.observe import Observation, Observer, is_streaming_type, observer_for
 from ollama_metrics_proxy.observe.base import Clock
@@ -29,6 +29,7 @@ from ollama_metrics_proxy.relay.openai_usage import (
     with_include_usage,
 )
 from ollama_metrics_proxy.relay.request import Request, json_body
+from ollama_metrics_proxy.relay.tracecontext import TraceStarter, traceparent
 from ollama_metrics_proxy.upstream import (
     BodyFailed,
     ConnectFailed,
@@ -72,8 +73,10 @@ class Proxy:
     def __init__(self, upstream: UpstreamClient, recorder: RequestRecorder,
                  clock: Clock = time.perf_counter, *, client_identity: ClientIdentity | None = None,
                  capture_content: bool = False, inject_openai_usage: bool = False,
-                 host_allowed: Callable[[str | None], bool] | None = None) -> None:
+                 host_allowed: Callable[[str | None], bool] | None = None,
+                 tracing: TraceStarter | None = None) -> None:
         self._upstream = upstream
+        self._tracing = tracing  # --otlp-endpoint: inference requests become spans
         self._recorder = recorder
         self._clock = clock
         self._client_identity = client_identity
@@ -96,6 +99,8 @@ class Proxy:
         path = request.path
         exchange = Exchange(endpoint=classify(path, request.method), method=request.method, path=path,
                             started=self._clock(), client=request.remote, wall_started=time.time())
+        if self._tracing is not None and is_inference(exchange.endpoint):
+            exchange.trace = self._tracing.start(request.header("traceparent"))
         if self._client_identity is not None:
             exchange.client_identity = self._client_identity(request.header(self._client_identity.header))
         if self._capture_content:  # opt-in only: --log-content
@@ -148,11 +153,13 @@ class Proxy:
         upstream_url = self._upstream.base_url
         # A rewritten body gets its own Content-Length from the upstream client.
         dropped = REWRITTEN_REQUEST_DROPPED if exchange.usage_injected else REQUEST_DROPPED
+        headers = forwardable(request.headers, request.header("connection"), dropped)
+        if exchange.trace is not None:  # Ollama sees this request's span as its parent, not the caller's
+            headers = [(name, value) for name, value in headers if name.lower() != "traceparent"]
+            headers.append(("traceparent", traceparent(exchange.trace)))
         try:
             upstream = await self._upstream.request(
-                request.method, request.raw_path,
-                forwardable(request.headers, request.header("connection"), dropped),
-                body.payload() if request.body_exists else None,
+                request.method, request.raw_path, headers, body.payload() if request.body_exists else None,
             )
         except ConnectTimeout as exc:
             exchange.finish(Outcome.TIMEOUT, self._clock())
