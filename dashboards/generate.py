@@ -154,12 +154,14 @@ def overview() -> dict[str, Any]:
                (f"sum by (model) (ollama_requests_waiting_estimate{{{SEL}}})", "waiting {{model}}"),
                (f"max by (model) (ollama_model_parallel_slots{{{SEL}}})", "slots {{model}}")], width=6),
         panel(layout, "Operations: goodput",
-              "Share of generations that met --slo-ttft and --slo-tpot. Under 90%: see the slots panel (queueing: "
-              "OLLAMA_NUM_PARALLEL), the loads panel (reloads: OLLAMA_KEEP_ALIVE) and decode speed.",
-              "percentunit",
-              [(f'sum by (model) (rate(ollama_slo_requests_total{{{ESEL}, result="met"}}[{RI}])) / '
-                f"sum by (model) (rate(ollama_slo_requests_total{{{ESEL}}}[{RI}]))", "{{model}}")],
-              width=6, defaults={"min": 0, "max": 1}),
+              "Share of generations that met --slo-ttft and --slo-tpot, the headline of this row. Under 90%: see "
+              "the slots panel (queueing: OLLAMA_NUM_PARALLEL), the loads panel (reloads: OLLAMA_KEEP_ALIVE) and "
+              "decode speed.", "percentunit",
+              [(f'sum(rate(ollama_slo_requests_total{{{ESEL}, result="met"}}[{RI}])) / '
+                f"sum(rate(ollama_slo_requests_total{{{ESEL}}}[{RI}]))", "goodput")],
+              kind="stat", width=6, defaults={"min": 0, "max": 1},
+              reduceOptions={"calcs": ["lastNotNull"], "fields": "", "values": False}, colorMode="value",
+              graphMode="area", textMode="value"),
         panel(layout, "Operations: model loads",
               "Model loads requests reported, by cause. expired: raise OLLAMA_KEEP_ALIVE; not_loaded, steady: "
               "raise OLLAMA_MAX_LOADED_MODELS (if VRAM allows); options_changed: keep clients on one num_ctx "
