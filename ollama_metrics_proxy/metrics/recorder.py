@@ -173,7 +173,8 @@ class Recorder:
             series.inter_token_latency.merge(obs.gaps.counts, obs.gaps.total)
         if obs.finish_reason:
             self.metrics.finished.labels(endpoint, model, finish_reason_label(obs.finish_reason)).inc()
-        _record_tokens(obs, series, local=exchange.location == "local")
+        local = exchange.location == "local"
+        _record_tokens(obs, series, local=local)
         # Ollama's phases (native routes): each one's histogram and the sum its speed is computed over. A phase
         # the reply did not report touches no series (each child is made on first use).
         _record_load(obs, series)
@@ -182,7 +183,7 @@ class Recorder:
             series.prompt_eval_seconds.inc(obs.prompt_eval_seconds)
         if obs.eval_seconds is not None:
             series.eval_duration.observe(obs.eval_seconds)
-            if exchange.location == "local":  # decode speed is this hardware's: a cloud model ran elsewhere
+            if local:  # decode speed is this hardware's: a cloud model ran elsewhere
                 series.eval_seconds.inc(obs.eval_seconds)
         if obs.total_seconds is not None:
             series.total_duration.observe(obs.total_seconds)

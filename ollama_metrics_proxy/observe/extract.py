@@ -104,7 +104,7 @@ def error_message(obj: dict[str, Any]) -> str | None:
 def is_cloud_model(name: str | None) -> bool:
     """Ollama's cloud models: the tag is ``cloud`` or ends ``-cloud`` (``gpt-oss:120b-cloud``,
     ``kimi-k2:1t-cloud``, ``minimax-m2:cloud``); ollama:internal/modelref/modelref.go."""
-    if not name:
+    if not name or not name.endswith("cloud"):  # the usual answer, without splitting the name
         return False
     tag = name.rsplit("/", 1)[-1].partition(":")[2]
     return tag == "cloud" or tag.endswith("-cloud")
