@@ -110,12 +110,16 @@ def parse_positive_float(text: str) -> float:
 
 
 def parse_non_negative_float(text: str) -> float:
+    return _number_within(text, 0, 86_400, "a number of seconds", "from 0 to 86400 seconds")
+
+
+def _number_within(text: str, low: float, high: float, kind: str, bounds: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 <= value <= 86_400:
-        raise ConfigError(f"must be from 0 to 86400 seconds, got {text!r}")
+        raise ConfigError(f"must be {kind}, got {text!r}") from None
+    if not low <= value <= high:  # also false for nan
+        raise ConfigError(f"must be {bounds}, got {text!r}")
     return value
 
 
@@ -193,13 +197,7 @@ def parse_switch(text: str) -> bool:
 
 
 def parse_ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"must be a number from 0 to 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"must be a number from 0 to 1, got {text!r}")
-    return value
+    return _number_within(text, 0, 1, "a number from 0 to 1", "a number from 0 to 1")
 
 
 def parse_optional_seconds(text: str) -> float | None:

@@ -14,6 +14,7 @@ import orjson
 from ollama_metrics_proxy.observe.observation import Observation
 
 NANOSECONDS = 1e9
+_TOOL_CALL_HOLDERS = frozenset({"tool_calls", "choices", "content", "output"})
 _NUM_CTX_FIELD = re.compile(rb'"num_ctx"\s*:\s*(\d{1,9})\b')
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 
@@ -160,6 +161,8 @@ def note_openai_content(obs: Observation, obj: dict[str, Any], now: float) -> No
 def count_tool_calls(obj: dict[str, Any]) -> int:
     """Tool calls in a whole reply: native ``message.tool_calls`` (or generate's ``tool_calls``), OpenAI
     ``choices[].message.tool_calls``, Anthropic ``tool_use`` blocks, Responses ``function_call`` items."""
+    if not (obj.keys() & _TOOL_CALL_HOLDERS) and "tool_calls" not in _dict(obj.get("message")):
+        return 0  # the usual reply: no member that can hold a call
     found = [obj.get("tool_calls"), _dict(obj.get("message")).get("tool_calls")]
     found += [_dict(_dict(choice).get("message")).get("tool_calls") for choice in obj.get("choices") or ()]
     total = sum(len(calls) for calls in found if isinstance(calls, list))
