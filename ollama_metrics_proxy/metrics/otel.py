@@ -7,6 +7,8 @@ its OTLP/HTTP exporter (``pip install 'ollama-metrics-proxy[otel]'``) push, ever
 - ``gen_ai.server.request.duration`` (s),
 - ``gen_ai.server.time_to_first_token`` (s, streamed requests),
 - ``gen_ai.server.time_per_output_token`` (s, after the first token, streamed requests with two tokens or more),
+- ``gen_ai.client.operation.time_to_first_chunk`` and ``gen_ai.client.operation.time_per_output_chunk`` (s, the
+  proxy being Ollama's client; one value per chunk after the first, at its inter-token bucket's upper bound),
 
 each with ``gen_ai.operation.name``, ``gen_ai.provider.name`` (ollama), ``gen_ai.request.model``,
 ``gen_ai.response.model`` and, when the request failed, ``error.type`` (the outcome), with the bucket boundaries
